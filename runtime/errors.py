@@ -1,0 +1,18 @@
+"""Errors a user can fix: the CLIs print them as one line, never as a traceback."""
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported as `error: <message>` with exit code `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class ImageError(UserError):
+    """One image could not be read; callers report it and go on with the others."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
