@@ -1,0 +1,1 @@
+"""Benchmarks: accuracy parity of every exported form against PyTorch, and latency."""

@@ -1,0 +1,132 @@
+"""`digit-read PATH... > pred.csv`: house numbers of images as HW2 CSV on stdout.
+
+Exit codes: 0 every image read, 1 some inputs failed (each named on stderr), 2 usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from runtime import atomic
+from runtime.errors import ImageError, UserError
+from runtime.preprocess import is_image_path
+from runtime.submission import CSV_HEADER, coco_results, image_id_for, natural_key
+
+
+def collect_inputs(paths: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Files as given, directories' images in natural order; missing paths are failures."""
+    files, missing = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(
+                (f for f in p.iterdir() if f.is_file() and is_image_path(f)), key=natural_key
+            )
+        elif p.exists():
+            files.append(p)
+        else:
+            missing.append(f"{p}: no such file or directory")
+    return files, missing
+
+
+def _err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--model",
+    "-m",
+    type=click.Path(),
+    help="model.onnx / model.engine or export dir [default: $DIGIT_MODEL]",
+)
+@click.option("--batch-size", "-b", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    help="score to keep a digit [default: model.json's, 0.5]",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="also write COCO detection results (every detection) here",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="threads that decode and letterbox images ahead of the model",
+)
+def main(paths, model, batch_size, threshold, json_path, device, workers):
+    """Read the house number in each image of PATH... (files or directories).
+
+    Writes `image_id,pred_label` CSV to stdout (HW2's pred.csv: image_id = int(stem) for
+    numeric names, leading zeros kept, -1 when no digit is found); progress and errors go to
+    stderr.
+    """
+    if not paths:
+        raise click.UsageError("no inputs: give image files or directories")
+    try:
+        from runtime.reader import Reader
+
+        reader = Reader(
+            model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
+        )
+    except UserError as e:
+        _err(f"error: {e}")
+        sys.exit(e.code)
+    files, failures = collect_inputs(paths)
+    for message in failures:
+        _err(f"error: {message}")
+    if not files:
+        _err("error: no images found in " + ", ".join(paths))
+        sys.exit(2)
+    _err(
+        f"digit-read: {len(files)} images, {reader.path.name} on {reader.backend.name}, "
+        f"canvas {reader.canvas[0]}x{reader.canvas[1]}, batch {reader.batch_size}"
+    )
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    results, n_ok, n_bad = [], 0, len(failures)
+    start = time.perf_counter()
+    bar = (
+        click.progressbar(length=len(files), file=sys.stderr, label="reading")
+        if sys.stderr.isatty()
+        else None
+    )
+    for path, pred in reader.iter_read(files):
+        if bar:
+            bar.update(1)
+        if isinstance(pred, ImageError):
+            n_bad += 1
+            _err(f"\nerror: {pred}" if bar else f"error: {pred}")
+            continue
+        n_ok += 1
+        image_id = image_id_for(path)
+        writer.writerow((image_id, pred.number))
+        if json_path:
+            results += coco_results(image_id, pred.boxes, pred.scores, pred.digits)
+    out.flush()
+    if bar:
+        bar.render_finish()
+    seconds = time.perf_counter() - start
+    if json_path:
+        atomic.write_text(json_path, json.dumps(results) + "\n")
+    _err(
+        f"digit-read: {n_ok} read, {n_bad} failed in {seconds:.1f} s "
+        f"({n_ok / max(seconds, 1e-9):.1f} images/s)"
+        + (f"; COCO results in {json_path}" if json_path else "")
+    )
+    sys.exit(1 if n_bad else 0)

@@ -1,0 +1,172 @@
+"""`Reader`: letterbox images, run the exported graph, decode numbers. No torch anywhere.
+
+Image decoding and letterboxing of the next batch run in worker threads (PIL and the
+backends release the GIL) while the current batch is in the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runtime.decode import Prediction
+from runtime.errors import ImageError, UserError
+from runtime.modelcard import ModelCard, card_for
+from runtime.preprocess import boxes_from_canvas, letterbox, open_rgb
+
+DEFAULT_BATCH = 8
+_END = object()
+
+
+@dataclass
+class Prepared:
+    canvas: np.ndarray  # 3xHxW uint8
+    scale: float
+    size: tuple[int, int]  # original (w, h)
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """--model, else $DIGIT_MODEL; a directory means the export directory (engine, else ONNX)."""
+    model = model or os.environ.get("DIGIT_MODEL")
+    if not model:
+        raise UserError(
+            "no model given: pass --model FILE or set DIGIT_MODEL. Make one with "
+            "`digit-train --preset nano --device cpu` then `digit-export RUN --out DIR`",
+            code=2,
+        )
+    path = Path(model)
+    if path.is_dir():
+        for name in ("model.engine", "model.onnx"):
+            if (path / name).is_file() and (name != "model.engine" or _tensorrt_usable()):
+                return path / name
+        raise UserError(f"{path}: no model.onnx or usable model.engine in this directory", code=2)
+    if not path.is_file():
+        raise UserError(f"{path}: no such model file", code=2)
+    return path
+
+
+def _tensorrt_usable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_backend(path: Path, entry: dict, device: str):
+    if path.suffix in (".engine", ".plan"):
+        if device == "cpu":
+            raise UserError(
+                f"{path}: a TensorRT engine runs on CUDA only, not --device cpu", code=2
+            )
+        from runtime.trt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, entry)
+    if path.suffix == ".onnx":
+        from runtime.ort_backend import OrtBackend
+
+        return OrtBackend(path, device)
+    raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
+
+
+class Reader:
+    """Reads house numbers with an exported model; settings come from the model.json beside it."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str = "auto",
+        batch_size: int = DEFAULT_BATCH,
+        threshold: float | None = None,
+        workers: int = 2,
+    ):
+        self.path = resolve_model(model)
+        self.card, entry = card_for(self.path)
+        self.backend = open_backend(self.path, entry, device)
+        limit = self.backend.max_batch or batch_size
+        self.batch_size = max(1, min(batch_size, limit))
+        self.threshold = self.card.threshold if threshold is None else threshold
+        self.workers = max(1, workers)
+        self.precision = entry.get("precision", "fp32")
+
+    @property
+    def canvas(self) -> tuple[int, int]:
+        return self.card.canvas
+
+    def prepare(self, source) -> Prepared:
+        """The preprocessing contract for one input: a path, a PIL image or an HxW[x3] array."""
+        if isinstance(source, np.ndarray):
+            if source.dtype != np.uint8 or source.ndim not in (2, 3):
+                raise ImageError("<array>", "arrays must be uint8 HxW or HxWx3")
+            rgb = np.repeat(source[:, :, None], 3, 2) if source.ndim == 2 else source[:, :, :3]
+        elif isinstance(source, Image.Image):
+            rgb = open_rgb(source)
+        else:
+            rgb = open_rgb(source)
+        canvas, scale = letterbox(np.ascontiguousarray(rgb), self.card.canvas)
+        return Prepared(canvas.transpose(2, 0, 1), scale, (rgb.shape[1], rgb.shape[0]))
+
+    def infer(self, prepared: list[Prepared]) -> list[Prediction]:
+        """One forward pass over already prepared images (at most batch_size of them)."""
+        batch = np.ascontiguousarray(np.stack([p.canvas for p in prepared]))
+        out = self.backend(batch)
+        return [self._decode(out, i, p) for i, p in enumerate(prepared)]
+
+    def _decode(self, out: dict, i: int, p: Prepared) -> Prediction:
+        n = int(out["num_dets"][i])
+        boxes = boxes_from_canvas(out["boxes"][i, :n], p.scale, p.size)
+        return Prediction.from_detections(
+            boxes, out["scores"][i, :n], out["labels"][i, :n], self.threshold
+        )
+
+    def iter_read(self, sources: Iterable) -> Iterator[tuple[object, Prediction | ImageError]]:
+        """(source, Prediction or ImageError) in input order; a bad image never stops the rest."""
+        pending: deque = deque()
+        batch: list[tuple[object, Prepared | ImageError]] = []
+        n_ready = 0
+        with ThreadPoolExecutor(self.workers) as pool:
+            it = iter(sources)
+            for src in it:  # prime the prefetch window
+                pending.append((src, pool.submit(self.prepare, src)))
+                if len(pending) >= 2 * self.batch_size:
+                    break
+            while pending:
+                src, future = pending.popleft()
+                nxt = next(it, _END)
+                if nxt is not _END:
+                    pending.append((nxt, pool.submit(self.prepare, nxt)))
+                try:
+                    batch.append((src, future.result()))
+                    n_ready += 1
+                except ImageError as e:
+                    batch.append((src, e))
+                if n_ready == self.batch_size:
+                    yield from self._flush(batch)
+                    batch, n_ready = [], 0
+            yield from self._flush(batch)
+
+    def _flush(self, batch):
+        ready = [p for _, p in batch if isinstance(p, Prepared)]
+        preds = iter(self.infer(ready) if ready else [])
+        for src, p in batch:
+            yield src, (next(preds) if isinstance(p, Prepared) else p)
+
+    def read(self, images) -> list[Prediction]:
+        """Predictions for a list of inputs (or one input); raises ImageError on a bad image."""
+        single = isinstance(images, (str, os.PathLike, Image.Image, np.ndarray))
+        results = []
+        for _, result in self.iter_read([images] if single else images):
+            if isinstance(result, ImageError):
+                raise result
+            results.append(result)
+        return results[0] if single else results
+
+
+__all__ = ["Reader", "ModelCard", "Prediction", "resolve_model"]

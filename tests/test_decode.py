@@ -1,0 +1,66 @@
+"""The decoding rule and the submission formats, shared by training, export and the reader."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from runtime.decode import Prediction, decode_number, reading_order
+from runtime.submission import coco_results, csv_text, image_id_for, natural_key
+
+
+def test_threshold_sort_concatenate():
+    boxes = [[50, 0, 60, 10], [10, 0, 20, 10], [30, 0, 40, 10], [0, 0, 5, 5]]
+    scores = [0.9, 0.5, 0.8, 0.49]
+    digits = [3, 1, 2, 7]
+    assert decode_number(boxes, scores, digits) == "123"  # 0.49 dropped, 0.5 kept
+
+
+def test_ties_on_left_edge_sorted_by_top_edge():
+    boxes = [[10, 20, 20, 30], [10, 0, 20, 10]]
+    assert decode_number(boxes, [0.9, 0.9], [5, 4]) == "45"
+    assert list(reading_order(boxes, [0.9, 0.9])) == [1, 0]
+
+
+def test_leading_zeros_and_no_digit():
+    assert decode_number([[0, 0, 1, 1], [2, 0, 3, 1]], [0.9, 0.9], [0, 7]) == "07"
+    assert decode_number(np.zeros((0, 4)), [], []) == "-1"
+    assert decode_number([[0, 0, 1, 1]], [0.2], [4]) == "-1"
+
+
+def test_prediction_keeps_every_detection_and_orders_kept_ones():
+    p = Prediction.from_detections(
+        [[9, 0, 10, 1], [1, 0, 2, 1], [5, 0, 6, 1]], [0.9, 0.8, 0.1], [2, 1, 5]
+    )
+    assert p.number == "12"
+    assert len(p.scores) == 3
+    np.testing.assert_array_equal(p.digit_boxes[:, 0], [1, 9])
+
+
+def test_image_ids_and_natural_order():
+    assert image_id_for("test/13068.png") == 13068
+    assert image_id_for("photo_a.jpg") == "photo_a"
+    names = ["10.png", "2.png", "1.png", "a10.png", "a9.png"]
+    assert sorted(names, key=natural_key) == ["1.png", "2.png", "10.png", "a9.png", "a10.png"]
+
+
+def test_csv_is_exactly_what_graders_read():
+    text = csv_text([(1, "007"), (2, "-1"), (10, "45")])
+    assert text == "image_id,pred_label\n1,007\n2,-1\n10,45\n"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["pred_label"] == "007"  # read as strings, leading zeros kept
+
+
+def test_coco_results_are_xywh_with_category_digit_plus_one():
+    res = coco_results(5, [[10, 20, 14, 30]], [0.75], [0])
+    assert res == [
+        {"image_id": 5, "bbox": [10.0, 20.0, 4.0, 10.0], "score": 0.75, "category_id": 1}
+    ]
+    json.dumps(res)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_threshold_is_inclusive(threshold):
+    assert decode_number([[0, 0, 1, 1]], [threshold], [3], threshold) == "3"
