@@ -7,6 +7,7 @@ in pixels, category_id 1..10 = digit 0..9, image_id = int(stem) of the file name
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,15 @@ class LoadReport:
         if len(self.warnings) < limit:
             self.warnings.append(message)
 
+    def lines(self) -> list[str]:
+        """Warnings (the first 20) and the totals, ready for stderr."""
+        if not (self.clipped_boxes or self.dropped_boxes):
+            return []
+        return [f"warning: {w}" for w in self.warnings] + [
+            f"warning: {self.clipped_boxes} box(es) clipped to their image, "
+            f"{self.dropped_boxes} dropped for having no area inside it"
+        ]
+
 
 def _read_json(path: Path):
     if not path.is_file():
@@ -64,11 +74,15 @@ def _read_json(path: Path):
         raise DataError(f"{path}: not UTF-8 text ({e})") from None
 
 
-def load_split(root, split: str, report: LoadReport | None = None) -> list[Sample]:
-    """Read root/{split}.json; without it (HW2's test split) list root/{split}/*.png unlabelled.
+def load_split(
+    root, split: str, report: LoadReport | None = None, verify_images: bool = False
+) -> list[Sample]:
+    """Read root/{split}.json; for test without json (as HW2's) list root/test/*.png unlabelled.
 
-    Boxes partly outside the image are clipped, boxes with no area left are dropped (both
-    counted in `report`); a missing image, unknown category or malformed entry is a DataError.
+    Boxes partly outside the image are clipped, boxes with no area left (or a negative size)
+    are dropped, both counted in `report`; a missing image, unknown category or malformed
+    entry is a DataError naming the json and the entry. `verify_images` decodes every image
+    (as training will) and checks its size against the json.
     """
     root = Path(root)
     report = report if report is not None else LoadReport()
@@ -77,31 +91,46 @@ def load_split(root, split: str, report: LoadReport | None = None) -> list[Sampl
     if not json_path.exists():
         if not image_dir.is_dir():
             raise DataError(f"{root}: neither {split}.json nor {split}/ exists")
-        return _unlabelled(image_dir)
+        if split != "test":
+            raise DataError(
+                f"{json_path}: no such file ({split}/ needs its labels; only test may go without)"
+            )
+        return _unlabelled(image_dir, verify_images)
     coco = _read_json(json_path)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DataError(f"{json_path}: expected a COCO object with an 'images' list")
     anns = coco.get("annotations", [])
     if not isinstance(anns, list):
         raise DataError(f"{json_path}: 'annotations' must be a list")
+    _check_categories(json_path, coco.get("categories"))
     images: dict[int, dict] = {}
     for i, im in enumerate(coco["images"]):
         try:
-            image_id, file_name = int(im["id"]), str(im["file_name"])
-            width, height = int(im["width"]), int(im["height"])
+            image_id, file_name = _int(im["id"]), im["file_name"]
+            width, height = _int(im["width"]), _int(im["height"])
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{json_path}: images[{i}] is malformed ({e!r})") from None
+        where = f"{json_path}: images[{i}] (id {image_id})"
         if image_id in images:
             raise DataError(f"{json_path}: images[{i}] repeats image id {image_id}")
+        if not isinstance(file_name, str) or Path(file_name).name != file_name or not file_name:
+            raise DataError(f"{where} file_name {file_name!r} is not a plain file name")
+        if width < 1 or height < 1:
+            raise DataError(f"{where} has size {width}x{height}; expected positive width, height")
         path = image_dir / file_name
         if not path.is_file():
-            raise DataError(f"{json_path}: images[{i}] (id {image_id}) points at missing {path}")
+            raise DataError(f"{where} points at missing {path}")
+        if verify_images:
+            _verify(where, path, (width, height))
         images[image_id] = {"path": path, "w": width, "h": height, "boxes": [], "digits": []}
     for i, ann in enumerate(anns):
         try:
-            image_id = int(ann["image_id"])
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            cat = int(ann["category_id"])
+            image_id = _int(ann["image_id"])
+            bbox = ann["bbox"]
+            if not isinstance(bbox, list) or len(bbox) != 4:
+                raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
+            x, y, w, h = (_float(v) for v in bbox)
+            cat = _int(ann["category_id"])
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{json_path}: annotations[{i}] is malformed ({e!r})") from None
         if image_id not in images:
@@ -114,7 +143,7 @@ def load_split(root, split: str, report: LoadReport | None = None) -> list[Sampl
         x1, y1, x2, y2 = x, y, x + w, y + h
         cx1, cy1 = min(max(x1, 0.0), im["w"]), min(max(y1, 0.0), im["h"])
         cx2, cy2 = min(max(x2, 0.0), im["w"]), min(max(y2, 0.0), im["h"])
-        if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
+        if w <= 0 or h <= 0 or cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
             report.dropped_boxes += 1
             report.warn(
                 f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} has no area "
@@ -123,6 +152,10 @@ def load_split(root, split: str, report: LoadReport | None = None) -> list[Sampl
             continue
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
             report.clipped_boxes += 1
+            report.warn(
+                f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} reaches "
+                f"outside the {im['w']}x{im['h']} image; clipped"
+            )
         im["boxes"].append((cx1, cy1, cx2, cy2))
         im["digits"].append(cat - 1)
     return [
@@ -138,7 +171,52 @@ def load_split(root, split: str, report: LoadReport | None = None) -> list[Sampl
     ]
 
 
-def _unlabelled(image_dir: Path) -> list[Sample]:
+def _int(value) -> int:
+    """JSON integers only: 3 and 3.0 pass, 3.5, "3", true and null do not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{value!r} is not an integer")
+    return int(value)
+
+
+def _float(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    return float(value)
+
+
+def _check_categories(json_path: Path, categories) -> None:
+    """A json whose categories name digits some other way (SVHN's 10 = "0") would be misread."""
+    if categories is None:
+        return
+    if not isinstance(categories, list):
+        raise DataError(f"{json_path}: 'categories' must be a list")
+    for i, cat in enumerate(categories):
+        name = cat.get("name") if isinstance(cat, dict) else None
+        cid = cat.get("id") if isinstance(cat, dict) else None
+        if isinstance(name, str) and name.isdigit() and len(name) == 1 and cid != int(name) + 1:
+            raise DataError(
+                f"{json_path}: categories[{i}] maps id {cid!r} to {name!r}; HW2 uses "
+                f"category_id = digit + 1 (id {int(name) + 1} for {name!r})"
+            )
+
+
+def _verify(where: str, path: Path, size_wh: tuple[int, int] | None):
+    from runtime.errors import ImageError
+    from runtime.preprocess import open_rgb
+
+    try:
+        rgb = open_rgb(path)
+    except ImageError as e:
+        raise DataError(f"{where}: {e}") from None
+    actual = (rgb.shape[1], rgb.shape[0])
+    if size_wh is not None and actual != size_wh:
+        raise DataError(
+            f"{where}: {path} is {actual[0]}x{actual[1]}, the json says {size_wh[0]}x{size_wh[1]}"
+        )
+    return actual
+
+
+def _unlabelled(image_dir: Path, verify_images: bool = False) -> list[Sample]:
     from runtime.preprocess import is_image_path
     from runtime.submission import image_id_for, natural_key
 
@@ -147,8 +225,9 @@ def _unlabelled(image_dir: Path) -> list[Sample]:
         image_id = image_id_for(path)
         if not isinstance(image_id, int):
             raise DataError(f"{path}: HW2 test images are named N.png with a numeric N")
+        w, h = _verify(str(path), path, None) if verify_images else (0, 0)
         empty = np.zeros((0, 4), np.float32)
-        out.append(Sample(image_id, path, 0, 0, empty, np.zeros(0, np.int64)))
+        out.append(Sample(image_id, path, w, h, empty, np.zeros(0, np.int64)))
     return out
 
 
