@@ -1,0 +1,150 @@
+"""Training speed of the nano preset on the CPU, against a plain torchvision loop.
+
+    python -m benchmarks.train_speed --data ROOT [--steps 40] [--repeats 2]
+    python -m benchmarks.train_speed --data ROOT --to-accuracy 0.90   # full nano run
+
+`speed`: images/s of `digit-train`'s loop (train.engine, data loading included, evaluation
+excluded) and of a plain torchvision-reference-style loop (same model config, same data
+pipeline, same batch size, AdamW; no logging, no NaN check, no scheduler bookkeeping), run
+alternately so both see the same machine load. Ours must not be slower.
+`--to-accuracy`: trains the nano preset for its full schedule and reports the wall time
+(training + per-epoch evaluation) at which valid whole-number accuracy first reached the bar.
+Prints a JSON object on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import torch
+
+
+def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
+    """torchvision references/detection style: build, load, forward, backward, step."""
+    from torch.utils.data import DataLoader
+
+    from train import presets
+    from train.dataset import DigitDataset, collate, to_model_input
+    from train.hw2 import load_split
+    from train.model import build_model
+
+    mcfg, tcfg = presets.preset("nano")
+    tcfg.batch_size = batch
+    torch.manual_seed(0)
+    samples = load_split(data, "train")[: steps * batch]
+    model = build_model(mcfg).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    dataset = DigitDataset(samples, mcfg.canvas, tcfg, train=True)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate)
+    n, t0 = 0, time.perf_counter()
+    for images, targets, _ in loader:
+        loss = sum(model(to_model_input(images, "cpu"), targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        n += len(targets)
+    return n / (time.perf_counter() - t0)
+
+
+def engine_images_per_s(data: Path, steps: int, batch: int, work: Path) -> float:
+    from train import engine, presets
+
+    mcfg, tcfg = presets.preset("nano")
+    tcfg.epochs, tcfg.batch_size = 1, batch
+    run = Path(tempfile.mkdtemp(dir=work))
+    spec = engine.RunSpec(
+        run, data, mcfg, tcfg, preset="nano", device="cpu", limit_train=steps * batch
+    )
+    return engine.train(spec, progress=False)["train_images_per_s"]
+
+
+def speed(data: Path, steps: int, repeats: int, batch: int) -> dict:
+    ours, plain = [], []
+    with tempfile.TemporaryDirectory() as work:
+        no_test = Path(work) / "data"  # no test/ split: the engine would write a submission
+        no_test.mkdir()
+        for name in ("train", "valid"):
+            (no_test / name).symlink_to((data / name).resolve())
+            (no_test / f"{name}.json").symlink_to((data / f"{name}.json").resolve())
+        for r in range(repeats):
+            print(f"repeat {r + 1}/{repeats}: digit-train loop", file=sys.stderr)
+            ours.append(engine_images_per_s(no_test, steps, batch, Path(work)))
+            print(f"repeat {r + 1}/{repeats}: plain torchvision loop", file=sys.stderr)
+            plain.append(plain_loop_images_per_s(no_test, steps, batch))
+    best_ours, best_plain = max(ours), max(plain)
+    return {
+        "steps": steps,
+        "batch": batch,
+        "digit_train_images_per_s": [round(v, 2) for v in ours],
+        "plain_loop_images_per_s": [round(v, 2) for v in plain],
+        "ratio_best": round(best_ours / best_plain, 3),
+        "not_slower": best_ours >= 0.97 * best_plain,  # 3 %: run-to-run noise on a shared box
+    }
+
+
+def time_to_accuracy(data: Path, bar: float, out: Path | None) -> dict:
+    from train import engine, presets
+
+    mcfg, tcfg = presets.preset("nano")
+    run = out or Path(tempfile.mkdtemp(prefix="nano-"))
+    spec = engine.RunSpec(run, data, mcfg, tcfg, preset="nano", device="cpu")
+    t0 = time.perf_counter()
+    summary = engine.train(spec, progress=True)
+    wall = time.perf_counter() - t0
+    epochs = [r for r in engine.read_records(run) if r["type"] == "epoch"]
+    elapsed, reached = 0.0, None
+    for r in epochs:
+        elapsed += r["train_time_s"] + r["eval_time_s"]
+        if reached is None and r["accuracy"] >= bar:
+            reached = {"epoch": r["epoch"], "seconds": round(elapsed, 1)}
+    return {
+        "run_dir": str(run),
+        "bar": bar,
+        "reached": reached,
+        "per_epoch": [
+            {k: r[k] for k in ("epoch", "accuracy", "map", "train_time_s", "eval_time_s")}
+            for r in epochs
+        ],
+        "best": summary["best"],
+        "train_images_per_s": summary["train_images_per_s"],
+        "wall_time_s": round(wall, 1),
+    }
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
+@click.option("--steps", default=40, show_default=True, help="Training steps per measurement.")
+@click.option("--repeats", default=2, show_default=True, help="Alternating repeats of each loop.")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--to-accuracy", type=float, help="Train nano fully; time to this valid accuracy.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory for --to-accuracy.")
+@click.option("--threads", type=int, help="torch threads (default: torch's choice).")
+def main(data, steps, repeats, batch, to_accuracy, out, threads):
+    """Measure nano training speed (and optionally time to an accuracy bar)."""
+    if threads:
+        torch.set_num_threads(threads)
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        }
+    }
+    if to_accuracy is not None:
+        result["to_accuracy"] = time_to_accuracy(data, to_accuracy, out)
+    else:
+        result["speed"] = speed(data, steps, repeats, batch)
+    click.echo(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""torchrun with 2 gloo processes on the CPU trains, evaluates and checkpoints like one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train import checkpoint, evaluate, presets
+from train.hw2 import load_split
+from train.synth import synthesize
+
+pytestmark = pytest.mark.slow
+
+
+def test_torchrun_two_gloo_processes(tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    synthesize(data, {"train": 40, "valid": 12, "test": 3}, seed=2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "train.cli",
+        *("--data", str(data), "--out", str(run), "--preset", "nano", "--device", "cpu"),
+        *("--epochs", "2", "--quiet"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on cpu x2" in proc.stdout  # the summary, printed once (rank 0)
+    assert proc.stdout.count("run        ") == 1
+
+    # 40 images over 2 ranks = 20 each = 3 batches of <= 8 per epoch
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["type"] == "step"] == list(range(1, 7))
+    epochs = [r for r in lines if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert checkpoint.load_checkpoint(run / "last.pt")["step"] == 6
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["submission"]["images"] == 3
+    assert len((run / "pred.csv").read_text().splitlines()) == 4
+
+    # the metrics gathered from both ranks equal a single-process evaluation of best.pt
+    state = checkpoint.load_checkpoint(run / "best.pt")
+    model, mcfg = checkpoint.load_model(run / "best.pt")
+    _, tcfg = presets.preset("nano")
+    valid = load_split(data, "valid")
+    m = evaluate.metrics(
+        evaluate.predict(model, valid, mcfg.canvas, tcfg, torch.device("cpu")), valid
+    )
+    assert m["accuracy"] == pytest.approx(state["metrics"]["accuracy"])
+    assert m["map"] == pytest.approx(state["metrics"]["map"], abs=1e-6)

@@ -1,0 +1,84 @@
+"""HW2 samples as model inputs: augment (train only), letterbox to the canvas, boxes to match.
+
+Every image goes through runtime.preprocess (open_rgb, letterbox, boxes_to_canvas), the
+contract the exported model and the reader use, so training sees what deployment sees.
+Augmentation randomness depends only on (seed, epoch, index): a resumed or distributed run
+draws exactly what an uninterrupted single-process run would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from runtime.preprocess import boxes_to_canvas, letterbox, open_rgb
+from train import transforms
+from train.hw2 import Sample
+
+
+class DigitDataset(Dataset):
+    """Items are keyed (index, epoch); returns (uint8 CHW canvas, target, meta).
+
+    meta = {index, scale (letterbox), size (original w, h)}: what maps boxes back to the image.
+    """
+
+    def __init__(self, samples: list[Sample], canvas: tuple[int, int], tcfg, train: bool):
+        self.samples = samples
+        self.canvas = tuple(canvas)
+        self.tcfg = tcfg
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        s = self.samples[index]
+        rgb = open_rgb(s.path)
+        size = (rgb.shape[1], rgb.shape[0])
+        if self.tcfg.sharpen:
+            rgb = transforms.sharpen(rgb)
+        boxes = s.boxes
+        if self.train and self.tcfg.augment:
+            rng = np.random.default_rng([self.tcfg.seed, epoch, index])
+            c = self.tcfg
+            rgb, boxes = transforms.reframe(rgb, boxes, rng, c.zoom, c.aspect_jitter, c.shift)
+            rgb = transforms.photometric(rgb, rng, c.photometric)
+        canvas, scale = letterbox(rgb, self.canvas)
+        target = {
+            "boxes": torch.from_numpy(boxes_to_canvas(boxes, scale)).reshape(-1, 4),
+            "labels": torch.from_numpy(s.digits + 1),  # model label = category_id = digit + 1
+        }
+        image = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
+        return image, target, {"index": index, "scale": scale, "size": size}
+
+
+def collate(batch):
+    images, targets, metas = zip(*batch, strict=True)
+    return torch.stack(images), list(targets), list(metas)
+
+
+def to_model_input(images: torch.Tensor, device) -> list[torch.Tensor]:
+    """uint8 NCHW -> the list of float [0, 1] CHW tensors torchvision's detectors take."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return list(x.unbind(0))
+
+
+def epoch_batches(
+    n: int, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1, shuffle=True
+) -> list[list[tuple[int, int]]]:
+    """This rank's batches of (index, epoch) keys, as torch's DistributedSampler orders them."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(
+        range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    return [
+        [(i, epoch) for i in order[b * batch_size : (b + 1) * batch_size]]
+        for b in range(math.ceil(len(order) / batch_size))
+    ]

@@ -1,0 +1,161 @@
+"""Validation metrics as the report defines them, and the HW2 submission from a checkpoint.
+
+Whole-number accuracy uses runtime.decode.decode_number (score >= 0.5, left to right, ties by
+top edge, "-1" when nothing is kept), the same rule as the reader and the export parity gate.
+mAP@[.5:.95] is pycocotools' over all detections the model returns, in original-image pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime import atomic
+from runtime.decode import DEFAULT_THRESHOLD, decode_number
+from runtime.preprocess import boxes_from_canvas
+from runtime.submission import coco_results, csv_text
+from train import distributed
+from train.hw2 import CATEGORIES, Sample
+
+
+@dataclass
+class Detections:
+    """One image's detections in original-image pixels; digits = model label - 1."""
+
+    boxes: np.ndarray  # (n, 4) x1 y1 x2 y2
+    scores: np.ndarray  # (n,)
+    digits: np.ndarray  # (n,) 0..9
+
+    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
+        return decode_number(self.boxes, self.scores, self.digits, threshold)
+
+
+def from_model_output(out: dict, scale: float, size_wh: tuple[int, int]) -> Detections:
+    boxes = out["boxes"].detach().float().cpu().numpy()
+    return Detections(
+        boxes=boxes_from_canvas(boxes, scale, size_wh),
+        scores=out["scores"].detach().float().cpu().numpy(),
+        digits=out["labels"].detach().cpu().numpy().astype(np.int64) - 1,
+    )
+
+
+@torch.no_grad()
+def predict(
+    model,
+    samples: list[Sample],
+    canvas: tuple[int, int],
+    tcfg,
+    device,
+    info: distributed.DistInfo | None = None,
+    progress: bool = False,
+) -> list[Detections]:
+    """Detections for every sample, in order; under torchrun each rank runs a shard."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from train.dataset import DigitDataset, collate, to_model_input
+
+    info = info or distributed.DistInfo()
+    dataset = DigitDataset(samples, canvas, tcfg, train=False)
+    shard = list(range(info.rank, len(samples), info.world))
+    batches = [
+        shard[i : i + tcfg.eval_batch_size] for i in range(0, len(shard), tcfg.eval_batch_size)
+    ]
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()
+    )
+    was_training = model.training
+    model.eval()
+    mine: dict[int, Detections] = {}
+    use_amp = device.type == "cuda" and tcfg.amp
+    for images, _, metas in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            outputs = model(to_model_input(images, device))
+        for out, meta in zip(outputs, metas, strict=True):
+            mine[meta["index"]] = from_model_output(out, meta["scale"], meta["size"])
+    model.train(was_training)
+    merged: dict[int, Detections] = {}
+    for part in distributed.gather(mine, info):
+        merged.update(part)
+    return [merged[i] for i in range(len(samples))]
+
+
+def whole_number_accuracy(
+    dets: list[Detections], samples: list[Sample], threshold: float = DEFAULT_THRESHOLD
+) -> float:
+    if not samples:
+        return 0.0
+    hits = sum(d.number(threshold) == s.number for d, s in zip(dets, samples, strict=True))
+    return hits / len(samples)
+
+
+def coco_ground_truth(samples: list[Sample]) -> dict:
+    images, anns = [], []
+    for s in samples:
+        images.append({"id": s.image_id, "width": s.width, "height": s.height})
+        for (x1, y1, x2, y2), d in zip(s.boxes.tolist(), s.digits.tolist(), strict=True):
+            w, h = x2 - x1, y2 - y1
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": s.image_id,
+                    "bbox": [x1, y1, w, h],
+                    "category_id": d + 1,
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    return {"images": images, "annotations": anns, "categories": CATEGORIES}
+
+
+def coco_map(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
+    """{map (@[.5:.95]), map50} from pycocotools; 0 when there is no detection at all."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for d, s in zip(dets, samples, strict=True):
+        results += coco_results(s.image_id, d.boxes, d.scores, d.digits)
+    if not results or not samples:
+        return {"map": 0.0, "map50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints; stdout is data only
+        gt = COCO()
+        gt.dataset = coco_ground_truth(samples)
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map": max(float(ev.stats[0]), 0.0), "map50": max(float(ev.stats[1]), 0.0)}
+
+
+def metrics(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
+    return {"accuracy": whole_number_accuracy(dets, samples), **coco_map(dets, samples)}
+
+
+def write_submission(out_dir: str | Path, dets: list[Detections], samples: list[Sample]) -> dict:
+    """HW2 files: pred.json (all detections), pred.csv (every image), and both in a zip."""
+    out_dir = Path(out_dir)
+    results, rows = [], []
+    for d, s in zip(dets, samples, strict=True):
+        results += coco_results(s.image_id, d.boxes, d.scores, d.digits)
+        rows.append((s.image_id, d.number()))
+    pred_json = json.dumps(results)
+    pred_csv = csv_text(rows)
+    paths = {"json": out_dir / "pred.json", "csv": out_dir / "pred.csv"}
+    atomic.write_text(paths["json"], pred_json + "\n")
+    atomic.write_text(paths["csv"], pred_csv)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("pred.json", pred_json + "\n")
+        z.writestr("pred.csv", pred_csv)
+    paths["zip"] = out_dir / "submission.zip"
+    atomic.write_bytes(paths["zip"], buf.getvalue())
+    return {k: str(v) for k, v in paths.items()}
