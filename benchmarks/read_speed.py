@@ -1,0 +1,88 @@
+"""Throughput of the reader end to end, and the share of wall time spent outside the model.
+
+    python -m benchmarks.read_speed --model EXPORT_DIR/model.onnx IMAGES_DIR [--batch-size 8]
+
+"Outside the model" is everything the reader adds around the backend call: file decoding,
+letterboxing (in worker threads), batching and decoding of the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from runtime.cli import collect_inputs
+from runtime.reader import Reader
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def measure(reader: Reader, files: list[Path], repeats: int) -> dict:
+    model_seconds = [0.0]  # [0] collects the warm-up
+    inner = reader.backend
+
+    class Timed:
+        name, max_batch = inner.name, inner.max_batch
+
+        def __call__(self, batch):
+            t = time.perf_counter()
+            out = inner(batch)
+            model_seconds[-1] += time.perf_counter() - t
+            return out
+
+    reader.backend = Timed()
+    walls = []
+    reader.read(files[: reader.batch_size])  # warm-up
+    for _ in range(repeats):
+        model_seconds.append(0.0)
+        t = time.perf_counter()
+        for _, result in reader.iter_read(files):
+            assert not isinstance(result, Exception), result
+        walls.append(time.perf_counter() - t)
+    reader.backend = inner
+    wall, model = statistics.median(walls), statistics.median(model_seconds[1:])
+    return {
+        "images": len(files),
+        "batch_size": reader.batch_size,
+        "wall_s": round(wall, 3),
+        "images_per_s": round(len(files) / wall, 2),
+        "model_s": round(model, 3),
+        "outside_model_share": round(1 - model / wall, 4),
+    }
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", required=True, type=click.Path(exists=True))
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--limit", type=int, help="use only the first N images")
+def main(images, model, batch_size, repeats, limit):
+    files, _ = collect_inputs(images)
+    files = files[:limit] if limit else files
+    reader = Reader(model, device="cpu", batch_size=batch_size)
+    result = {"model": str(model), "canvas": list(reader.canvas), **measure(reader, files, repeats)}
+    result["machine"] = machine()
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
