@@ -36,6 +36,7 @@ class ModelCard:
     max_detections: int  # K, the fixed size of the graph's outputs
     digits: list[str] = field(default_factory=lambda: [str(d) for d in range(10)])
     threshold: float = DEFAULT_THRESHOLD
+    sharpen: bool = False  # trained on sharpened inputs: the reader sharpens before letterboxing
     inputs: list[dict] = field(default_factory=list)  # [{name, dtype, shape}]
     outputs: list[dict] = field(default_factory=list)
     files: dict[str, dict] = field(default_factory=dict)  # name -> {precision, sha256, bytes, ...}

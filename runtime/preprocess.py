@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from runtime.errors import ImageError
 
@@ -106,9 +106,24 @@ def boxes_from_canvas(
     return boxes
 
 
-def load_canvas(source, canvas_hw: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """open_rgb + letterbox as CHW uint8, the graph's input layout. Returns (chw, scale, (w, h))."""
+def sharpened(rgb: np.ndarray) -> np.ndarray:
+    """The seed report's Table 5 input sharpening (PIL's SHARPEN kernel), before letterboxing.
+
+    Part of the contract only for models trained with it (model.json's `sharpen`).
+    """
+    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.SHARPEN))
+
+
+def load_canvas(
+    source, canvas_hw: tuple[int, int], sharpen: bool = False
+) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """open_rgb (+ sharpen) + letterbox as CHW uint8, the graph's input layout.
+
+    Returns (chw, scale, (w, h)).
+    """
     rgb = open_rgb(source)
+    if sharpen:
+        rgb = sharpened(rgb)
     canvas, scale = letterbox(rgb, canvas_hw)
     return np.ascontiguousarray(canvas.transpose(2, 0, 1)), scale, (rgb.shape[1], rgb.shape[0])
 

@@ -19,7 +19,7 @@ from PIL import Image
 from runtime.decode import Prediction
 from runtime.errors import ImageError, UserError
 from runtime.modelcard import ModelCard, card_for
-from runtime.preprocess import boxes_from_canvas, letterbox, open_rgb
+from runtime.preprocess import boxes_from_canvas, letterbox, open_rgb, sharpened
 
 DEFAULT_BATCH = 8
 _END = object()
@@ -110,7 +110,8 @@ class Reader:
             rgb = open_rgb(source)
         else:
             rgb = open_rgb(source)
-        canvas, scale = letterbox(np.ascontiguousarray(rgb), self.card.canvas)
+        rgb = sharpened(rgb) if self.card.sharpen else np.ascontiguousarray(rgb)
+        canvas, scale = letterbox(rgb, self.card.canvas)
         return Prepared(canvas.transpose(2, 0, 1), scale, (rgb.shape[1], rgb.shape[0]))
 
     def infer(self, prepared: list[Prepared]) -> list[Prediction]:

@@ -29,15 +29,8 @@ def engine_mismatch(built: dict, tensorrt_version: str, gpu_name: str | None) ->
     return None
 
 
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise UserError(
-            "tensorrt is not installed: pip install 'digit-reader[gpu]' on an NVIDIA machine, "
-            "or read with the ONNX model (model.onnx) instead",
-            code=2,
-        ) from None
+def import_cudart():
+    """cuda-python's runtime API: cuda.bindings (cuda-python >= 12.6; the only name in 13)."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -47,13 +40,25 @@ def import_tensorrt():
             raise UserError(
                 "cuda-python is not installed: pip install 'digit-reader[gpu]'", code=2
             ) from None
-    return tensorrt, cudart
+    return cudart
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise UserError(
+            "tensorrt is not installed: pip install 'digit-reader[gpu]' on an NVIDIA machine, "
+            "or read with the ONNX model (model.onnx) instead",
+            code=2,
+        ) from None
+    return tensorrt, import_cudart()
 
 
 def _check(result):
     """cuda-python calls return (err, *values); raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
+    if int(getattr(err, "value", err)) != 0:
         raise RuntimeError(f"CUDA error {err}")
     return values[0] if len(values) == 1 else values
 

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "runtime": {"torch", "torchvision", "train", "export", "benchmarks"},
     "train": {"export", "benchmarks"},
+    "export": {"benchmarks"},
 }
 
 

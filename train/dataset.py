@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.preprocess import boxes_to_canvas, letterbox, open_rgb
+from runtime.preprocess import boxes_to_canvas, letterbox, open_rgb, sharpened
 from train import transforms
 from train.hw2 import Sample
 
@@ -40,7 +40,7 @@ class DigitDataset(Dataset):
         rgb = open_rgb(s.path)
         size = (rgb.shape[1], rgb.shape[0])
         if self.tcfg.sharpen:
-            rgb = transforms.sharpen(rgb)
+            rgb = sharpened(rgb)
         boxes = s.boxes
         if self.train and self.tcfg.augment:
             rng = np.random.default_rng([self.tcfg.seed, epoch, index])

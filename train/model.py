@@ -80,7 +80,8 @@ class ModelConfig:
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     # notes that travel with the weights, ignored by build_model: {"sharpen": True} when the
-    # model was trained on PIL-sharpened inputs (the deployed reader does not sharpen)
+    # model was trained on PIL-sharpened inputs (export writes it into model.json, and the
+    # reader then sharpens too: runtime.preprocess.sharpened)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -72,8 +72,3 @@ def photometric(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> n
     if rng.random() < 0.1:
         out = 255 - out  # light-on-dark <-> dark-on-light; both occur on house numbers
     return np.ascontiguousarray(out)
-
-
-def sharpen(rgb: np.ndarray) -> np.ndarray:
-    """The report's Table 5 input sharpening (PIL's SHARPEN kernel)."""
-    return np.asarray(Image.fromarray(rgb).filter(ImageFilter.SHARPEN))

@@ -1,0 +1,95 @@
+"""`digit-export RUN [--fp16]`: ONNX graph(s), TensorRT engine(s) and model.json, parity-gated.
+
+Exit codes: 0 exported (an engine skipped for want of TensorRT/GPU is said on stderr), 1 the
+graph failed a TensorRT rule or the parity gate (nothing written) or --engine could not be
+met, 2 usage.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from runtime.errors import UserError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out", "-o", type=click.Path(path_type=Path), help="Output directory [default: RUN/export]."
+)
+@click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (and its engine).")
+@click.option("--engine", is_flag=True, help="Fail unless the TensorRT engine(s) get built.")
+@click.option("--min-batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--opt-batch", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--workspace", default=4.0, show_default=True, type=float, help="TensorRT workspace, GiB."
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TensorRT timing cache to read and update (faster rebuilds).",
+)
+@click.option(
+    "--parity-images",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Images the exported graphs must read as the eager model does.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="HW2-layout root for the parity images [default: the run's data, else synthetic].",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the parity gate runs PyTorch and ONNX Runtime.",
+)
+@click.option("--opset", default=18, show_default=True, type=click.IntRange(16, 21))
+def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, **rest):
+    """Export a digit-train run (or checkpoint) to ONNX and TensorRT.
+
+    Writes model.onnx (uint8 [N, 3, H, W] canvas in; num_dets, boxes, scores, labels out),
+    model.fp16.onnx with --fp16, model.engine / model.fp16.engine where TensorRT and an
+    NVIDIA GPU are present, and model.json, which digit-read needs beside them.
+    """
+    from export.exporter import ExportOptions, run
+    from export.tensorrt_engine import BatchProfile
+
+    opts = ExportOptions(
+        source=source,
+        out=out,
+        fp16=fp16,
+        engine=engine,
+        profile=BatchProfile(min_batch, opt_batch, max_batch),
+        workspace_gib=workspace,
+        **rest,
+    )
+    try:
+        summary = run(opts)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.code)
+    click.echo(format_summary(summary))
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"export     {s['out']} ({s['seconds']} s, ONNX export {s['onnx_export_s']} s)"]
+    for name, size in s["files"].items():
+        lines.append(f"  {name:<20} {size / 1e6:9.2f} MB")
+    lines.append("  model.json")
+    for name, text in s["parity"].items():
+        lines.append(f"parity     {name}: {text}")
+    lines.append(f"engine     {s['engine']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

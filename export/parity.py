@@ -1,0 +1,181 @@
+"""Image-by-image agreement between the eager PyTorch model and an exported graph.
+
+Both sides get the same letterboxed canvases (runtime.preprocess) and are compared in canvas
+pixels: the whole-number string (runtime.decode, the reader's rule), and every detection
+matched to its counterpart (same digit, IoU >= 0.5, greedy by score) for box and score
+deviation. The export gate and `digit-bench parity` both use this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from runtime.decode import DEFAULT_THRESHOLD, decode_number
+
+MATCH_IOU = 0.5
+
+
+@dataclass
+class Dets:
+    """One image's detections: boxes (n, 4) x1 y1 x2 y2, scores (n,), digits (n,) 0-9."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    digits: np.ndarray
+
+    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
+        return decode_number(self.boxes, self.scores, self.digits, threshold)
+
+
+def from_graph_outputs(out: dict[str, np.ndarray]) -> list[Dets]:
+    """Split the graph's padded outputs (num_dets, boxes, scores, labels) per image."""
+    dets = []
+    for i, n in enumerate(np.asarray(out["num_dets"]).reshape(-1)):
+        n = int(n)
+        dets.append(
+            Dets(
+                np.asarray(out["boxes"][i, :n], np.float32),
+                np.asarray(out["scores"][i, :n], np.float32),
+                np.asarray(out["labels"][i, :n], np.int64),
+            )
+        )
+    return dets
+
+
+@torch.no_grad()
+def eager_detections(model, canvases: np.ndarray, batch_size: int = 8, device="cpu") -> list[Dets]:
+    """The stock torchvision model (eval mode) on uint8 NCHW canvases, as training evaluates."""
+    out = []
+    for start in range(0, len(canvases), batch_size):
+        x = torch.from_numpy(canvases[start : start + batch_size]).to(device).float().div_(255.0)
+        for r in model(list(x.unbind(0))):
+            out.append(
+                Dets(
+                    r["boxes"].float().cpu().numpy(),
+                    r["scores"].float().cpu().numpy(),
+                    r["labels"].cpu().numpy().astype(np.int64) - 1,
+                )
+            )
+    return out
+
+
+def backend_detections(backend, canvases: np.ndarray, batch_size: int = 8) -> list[Dets]:
+    """Any runtime backend (callable on a uint8 NCHW batch) over the canvases, in batches."""
+    out = []
+    for start in range(0, len(canvases), batch_size):
+        batch = np.ascontiguousarray(canvases[start : start + batch_size])
+        out += from_graph_outputs(backend(batch))
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+@dataclass
+class ImageDiff:
+    name: str
+    ref_number: str
+    number: str
+    matched: int
+    unmatched_ref: list[float] = field(default_factory=list)  # scores of unmatched detections
+    unmatched_other: list[float] = field(default_factory=list)
+    box_devs: list[float] = field(default_factory=list)  # per matched pair, max |coordinate|
+    score_dev: float = 0.0
+
+    @property
+    def same_number(self) -> bool:
+        return self.ref_number == self.number
+
+    @property
+    def box_dev(self) -> float:
+        return max(self.box_devs, default=0.0)
+
+
+def compare(ref: Dets, other: Dets, name: str = "", threshold: float = DEFAULT_THRESHOLD):
+    """Match `other`'s detections to `ref`'s (same digit, IoU >= 0.5, greedy by ref score)."""
+    diff = ImageDiff(name, ref.number(threshold), other.number(threshold), 0)
+    iou = _iou(ref.boxes.astype(np.float64), other.boxes.astype(np.float64))
+    iou = np.where(ref.digits[:, None] == other.digits[None, :], iou, -1.0)
+    taken = np.zeros(len(other.scores), dtype=bool)
+    for i in np.argsort(-ref.scores, kind="stable"):
+        cand = np.where(taken, -1.0, iou[i]) if len(taken) else np.zeros(0)
+        j = int(np.argmax(cand)) if len(cand) else -1
+        if j < 0 or cand[j] < MATCH_IOU:
+            diff.unmatched_ref.append(float(ref.scores[i]))
+            continue
+        taken[j] = True
+        diff.matched += 1
+        diff.box_devs.append(float(np.abs(ref.boxes[i] - other.boxes[j]).max()))
+        diff.score_dev = max(diff.score_dev, float(abs(ref.scores[i] - other.scores[j])))
+    diff.unmatched_other = [float(s) for s in other.scores[~taken]]
+    return diff
+
+
+@dataclass
+class Parity:
+    """Agreement of one exported form with the eager model over a set of images."""
+
+    diffs: list[ImageDiff]
+
+    @property
+    def agreement(self) -> float:
+        return sum(d.same_number for d in self.diffs) / max(len(self.diffs), 1)
+
+    @property
+    def max_box_dev(self) -> float:
+        return max((d.box_dev for d in self.diffs), default=0.0)
+
+    @property
+    def mean_box_dev(self) -> float:
+        devs = [v for d in self.diffs for v in d.box_devs]
+        return float(np.mean(devs)) if devs else 0.0
+
+    @property
+    def max_score_dev(self) -> float:
+        return max((d.score_dev for d in self.diffs), default=0.0)
+
+    def failures(self, box_tol: float, score_tol: float, score_floor: float) -> list[ImageDiff]:
+        """Images that break the fp32 rule: another number, a box or score off by more than the
+        tolerance, or a detection missing on one side that is not just at the score cut-off."""
+
+        def bad(d: ImageDiff) -> bool:
+            lost = [s for s in d.unmatched_ref + d.unmatched_other if s > score_floor + score_tol]
+            return not d.same_number or d.box_dev > box_tol or d.score_dev > score_tol or bool(lost)
+
+        return [d for d in self.diffs if bad(d)]
+
+    def summary(self) -> str:
+        n = len(self.diffs)
+        same = sum(d.same_number for d in self.diffs)
+        return (
+            f"{same}/{n} numbers identical ({100 * self.agreement:.1f} %), boxes max "
+            f"{self.max_box_dev:.2g} px mean {self.mean_box_dev:.2g} px, scores max "
+            f"{self.max_score_dev:.2g}"
+        )
+
+
+def describe(d: ImageDiff) -> str:
+    parts = [f"{d.name}: eager {d.ref_number!r}, exported {d.number!r}"]
+    if d.box_devs:
+        parts.append(f"box dev {d.box_dev:.3g} px, score dev {d.score_dev:.3g}")
+    if d.unmatched_ref:
+        parts.append(
+            f"{len(d.unmatched_ref)} eager detection(s) missing (scores {d.unmatched_ref})"
+        )
+    if d.unmatched_other:
+        parts.append(f"{len(d.unmatched_other)} extra detection(s) (scores {d.unmatched_other})")
+    return "; ".join(parts)
+
+
+def measure(ref: list[Dets], other: list[Dets], names: list[str]) -> Parity:
+    return Parity([compare(r, o, n) for r, o, n in zip(ref, other, names, strict=True)])

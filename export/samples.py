@@ -1,0 +1,50 @@
+"""Images for the parity gate: the run's own valid set when it can be found, else synthetic ones."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from runtime.preprocess import load_canvas
+from train.hw2 import load_split
+
+SYNTH_SEED = 20261125
+
+
+def data_root_of(checkpoint_path: Path) -> Path | None:
+    """The data root recorded in the run's config.json (beside the checkpoint), if it exists."""
+    config = checkpoint_path.parent / "config.json"
+    try:
+        root = Path(json.loads(config.read_text(encoding="utf-8"))["data_root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return root if root.is_dir() else None
+
+
+def sample_paths(
+    root: Path | None, n: int, cache_dir: Path | None = None
+) -> tuple[list[Path], str]:
+    """Up to n image paths and where they come from: ROOT's valid (else test) split, else n
+    synthetic SVHN-like images made in `cache_dir` (a temporary directory by default)."""
+    if root is not None:
+        for split in ("valid", "test", "train"):
+            if (root / split).is_dir():
+                paths = [s.path for s in load_split(root, split)[:n]]
+                if paths:
+                    return paths, f"{root}/{split}"
+    from train.synth import synthesize
+
+    out = Path(cache_dir or tempfile.mkdtemp(prefix="digit-export-parity-")) / "synthetic"
+    if not (out / "valid.json").is_file():
+        print(f"parity: no data set found, synthesizing {n} images in {out}", file=sys.stderr)
+        synthesize(out, {"valid": n}, seed=SYNTH_SEED, overwrite=True)
+    return [s.path for s in load_split(out, "valid")[:n]], f"synthetic ({out})"
+
+
+def canvases(paths: list[Path], canvas: tuple[int, int], sharpen: bool = False) -> np.ndarray:
+    """uint8 [N, 3, H, W]: the preprocessing contract applied to each image."""
+    return np.stack([load_canvas(p, canvas, sharpen)[0] for p in paths])
