@@ -9,8 +9,6 @@ letterboxing (in worker threads), batching and decoding of the outputs.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -18,20 +16,9 @@ from pathlib import Path
 
 import click
 
+from benchmarks.machine import machine
 from runtime.cli import collect_inputs
 from runtime.reader import Reader
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def measure(reader: Reader, files: list[Path], repeats: int) -> dict:

@@ -38,10 +38,17 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def open_rgb(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read a file path (or file object / PIL image) as HxWx3 uint8 RGB, EXIF orientation applied.
+    """Read a file path (or file object / PIL image / uint8 array) as HxWx3 uint8 RGB, EXIF
+    orientation applied.
 
     Raises ImageError with a one-line reason for anything that is not a readable image.
     """
+    if isinstance(source, np.ndarray):
+        grey = source.ndim == 2
+        if source.dtype != np.uint8 or not (grey or (source.ndim == 3 and source.shape[2] >= 3)):
+            raise ImageError("<array>", "arrays must be uint8 HxW (grey) or HxWx3/4 (RGB[A])")
+        rgb = np.repeat(source[:, :, None], 3, 2) if grey else source[:, :, :3]
+        return np.ascontiguousarray(rgb)
     if isinstance(source, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(source))
     name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")

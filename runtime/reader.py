@@ -19,7 +19,7 @@ from PIL import Image
 from runtime.decode import Prediction
 from runtime.errors import ImageError, UserError
 from runtime.modelcard import ModelCard, card_for
-from runtime.preprocess import boxes_from_canvas, letterbox, open_rgb, sharpened
+from runtime.preprocess import boxes_from_canvas, load_canvas
 
 DEFAULT_BATCH = 8
 _END = object()
@@ -30,6 +30,23 @@ class Prepared:
     canvas: np.ndarray  # 3xHxW uint8
     scale: float
     size: tuple[int, int]  # original (w, h)
+
+
+def prepare(source, canvas: tuple[int, int], sharpen: bool = False) -> Prepared:
+    """The preprocessing contract for one input: a path, a PIL image or a uint8 array."""
+    return Prepared(*load_canvas(source, canvas, sharpen))
+
+
+def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> list[Prediction]:
+    """The graph's padded outputs -> one Prediction per image, boxes in original pixels."""
+    preds = []
+    for i, p in enumerate(prepared):
+        n = int(out["num_dets"][i])
+        boxes = boxes_from_canvas(out["boxes"][i, :n], p.scale, p.size)
+        preds.append(
+            Prediction.from_detections(boxes, out["scores"][i, :n], out["labels"][i, :n], threshold)
+        )
+    return preds
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
@@ -101,31 +118,12 @@ class Reader:
         return self.card.canvas
 
     def prepare(self, source) -> Prepared:
-        """The preprocessing contract for one input: a path, a PIL image or an HxW[x3] array."""
-        if isinstance(source, np.ndarray):
-            if source.dtype != np.uint8 or source.ndim not in (2, 3):
-                raise ImageError("<array>", "arrays must be uint8 HxW or HxWx3")
-            rgb = np.repeat(source[:, :, None], 3, 2) if source.ndim == 2 else source[:, :, :3]
-        elif isinstance(source, Image.Image):
-            rgb = open_rgb(source)
-        else:
-            rgb = open_rgb(source)
-        rgb = sharpened(rgb) if self.card.sharpen else np.ascontiguousarray(rgb)
-        canvas, scale = letterbox(rgb, self.card.canvas)
-        return Prepared(canvas.transpose(2, 0, 1), scale, (rgb.shape[1], rgb.shape[0]))
+        return prepare(source, self.card.canvas, self.card.sharpen)
 
     def infer(self, prepared: list[Prepared]) -> list[Prediction]:
         """One forward pass over already prepared images (at most batch_size of them)."""
         batch = np.ascontiguousarray(np.stack([p.canvas for p in prepared]))
-        out = self.backend(batch)
-        return [self._decode(out, i, p) for i, p in enumerate(prepared)]
-
-    def _decode(self, out: dict, i: int, p: Prepared) -> Prediction:
-        n = int(out["num_dets"][i])
-        boxes = boxes_from_canvas(out["boxes"][i, :n], p.scale, p.size)
-        return Prediction.from_detections(
-            boxes, out["scores"][i, :n], out["labels"][i, :n], self.threshold
-        )
+        return decode_outputs(self.backend(batch), prepared, self.threshold)
 
     def iter_read(self, sources: Iterable) -> Iterator[tuple[object, Prediction | ImageError]]:
         """(source, Prediction or ImageError) in input order; a bad image never stops the rest."""

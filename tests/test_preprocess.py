@@ -173,3 +173,14 @@ def test_load_canvas_is_chw(tmp_path):
     assert chw.shape == (3, 20, 20) and chw.flags["C_CONTIGUOUS"]
     assert wh == (30, 10) and scale == pytest.approx(2 / 3)
     assert chw[:, 0, 0].tolist() == [1, 2, 3] and (chw[:, 7:, :] == 0).all()
+
+
+def test_arrays_are_inputs_too():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert (open_rgb(grey)[..., 2] == grey).all()
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0] = 9
+    assert open_rgb(rgba).shape == (3, 4, 3) and (open_rgb(rgba)[..., 0] == 9).all()
+    for bad in (np.zeros((3, 4), np.float32), np.zeros((3, 4, 2), np.uint8), np.zeros(5, np.uint8)):
+        with pytest.raises(ImageError, match="arrays must be uint8"):
+            open_rgb(bad)

@@ -1,0 +1,42 @@
+"""The exported forms a benchmark compares: every model file of an export directory, and why a
+TensorRT form is skipped on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.exporter import FILES
+from export.tensorrt_engine import probe, why_no_engine
+from runtime.modelcard import CARD_NAME, ModelCard
+
+
+@dataclass
+class Form:
+    backend: str  # "onnxruntime" or "TensorRT"
+    precision: str  # "fp32" or "fp16"
+    path: Path
+    skip: str | None = None  # why this form cannot run here
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.precision}"
+
+
+def exported_forms(export_dir: Path) -> list[Form]:
+    """ONNX Runtime fp32/fp16 and TensorRT fp32/fp16, in that order, each runnable or skipped."""
+    card = ModelCard.load(export_dir / CARD_NAME)
+    no_trt = why_no_engine(*probe()[:2])
+    forms = []
+    for backend in ("onnxruntime", "TensorRT"):
+        for precision in ("fp32", "fp16"):
+            name = FILES[precision][0 if backend == "onnxruntime" else 1]
+            path, skip = export_dir / name, None
+            if backend == "TensorRT" and no_trt:
+                skip = no_trt.split(" (")[0]  # the reason, without the install hint
+            elif name not in card.files:
+                if backend == "onnxruntime":
+                    continue  # fp16 not exported: nothing to list
+                skip = f"no {name} in the export (digit-export --engine builds it)"
+            forms.append(Form(backend, precision, path, skip))
+    return forms

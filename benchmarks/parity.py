@@ -1,0 +1,156 @@
+"""`digit-bench parity`: every exported form against PyTorch eager, image by image.
+
+Each form reads the images through the deployed path (runtime.Reader: decode, letterbox,
+graph, threshold, sort) and is compared with the eager model evaluated as training evaluates
+it (train.evaluate), both in original-image pixels: whole-number accuracy and COCO mAP against
+the labels, the share of images whose number equals PyTorch's, and matched-box and score
+deviations (export.parity's matching). The gate follows MMDeploy's regression idea but per
+image: an fp32 form must agree with PyTorch on every image (numbers identical, boxes within
+0.5 px, scores within 1e-3); an fp16 form on at least 99 % of the numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.forms import exported_forms
+from benchmarks.machine import machine
+from benchmarks.report import markdown_table, write
+from export import parity
+from export.exporter import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from runtime.errors import UserError
+from runtime.modelcard import CARD_NAME, ModelCard
+from runtime.reader import Reader
+from train import checkpoint, evaluate, presets
+from train.hw2 import load_split
+
+HEADERS = [
+    "form",
+    "status",
+    "accuracy",
+    "mAP@[.5:.95]",
+    "same number as PyTorch %",
+    "box dev max px",
+    "box dev mean px",
+    "score dev max",
+    "size MB",
+]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | None, device: str):
+    samples = load_split(data, split)[:limit]
+    if not samples or not samples[0].number:
+        raise UserError(f"{data}: split {split!r} has no labelled images", code=2)
+    ckpt = checkpoint.checkpoint_path(run_dir)
+    model, cfg = checkpoint.load_model(ckpt, device)
+    card = ModelCard.load(export_dir / CARD_NAME)
+    if tuple(card.canvas) != tuple(cfg.canvas):
+        raise UserError(
+            f"{export_dir} was exported at canvas {card.canvas}, {ckpt} uses {cfg.canvas}"
+        )
+    tcfg = presets.TrainConfig(sharpen=bool(cfg.extra.get("sharpen")), amp=False)
+    _log(f"parity: PyTorch eager on {len(samples)} {split} images")
+    ref = evaluate.predict(model, samples, cfg.canvas, tcfg, torch.device(device))
+    names = [s.path.name for s in samples]
+    rows = [
+        {
+            "form": "PyTorch eager",
+            "status": "reference",
+            **evaluate.metrics(ref, samples),
+            "same_as_pytorch": 1.0,
+            "size_mb": ckpt.stat().st_size / 1e6,
+        }
+    ]
+    for form in exported_forms(export_dir):
+        row = {"form": form.name, "precision": form.precision}
+        if form.skip:
+            rows.append(row | {"status": f"skipped: {form.skip}"})
+            _log(f"parity: {form.name} skipped: {form.skip}")
+            continue
+        _log(f"parity: {form.name} ({form.path.name})")
+        reader = Reader(form.path, device=device)
+        dets = [
+            evaluate.Detections(p.boxes, p.scores, p.digits)
+            for p in reader.read([s.path for s in samples])
+        ]
+        result = parity.measure(ref, dets, names)
+        if form.precision == "fp32":
+            bad = result.failures(BOX_TOL_PX, SCORE_TOL, cfg.box_score_thresh)
+        else:
+            bad = [d for d in result.diffs if not d.same_number]
+        passed = not bad if form.precision == "fp32" else result.agreement >= FP16_MIN_AGREEMENT
+        rows.append(
+            row
+            | {"status": "pass" if passed else "FAIL"}
+            | evaluate.metrics(dets, samples)
+            | {
+                "same_as_pytorch": result.agreement,
+                "box_dev_max": result.max_box_dev,
+                "box_dev_mean": result.mean_box_dev,
+                "score_dev_max": result.max_score_dev,
+                "size_mb": form.path.stat().st_size / 1e6,
+                "disagreements": [parity.describe(d) for d in bad[:50]],
+            }
+        )
+    passed = all(r["status"] != "FAIL" for r in rows)
+    return {
+        "benchmark": "parity",
+        "run": str(ckpt),
+        "export": str(export_dir),
+        "data": str(data),
+        "split": split,
+        "images": len(samples),
+        "device": device,
+        "rules": {
+            "fp32": f"numbers identical on every image, boxes within {BOX_TOL_PX} px, scores "
+            f"within {SCORE_TOL}",
+            "fp16": f"numbers identical on at least {100 * FP16_MIN_AGREEMENT:.0f} % of images",
+        },
+        "rows": rows,
+        "passed": passed,
+        "machine": machine(),
+    }
+
+
+def markdown(result: dict) -> str:
+    table = [
+        [
+            r["form"],
+            r["status"],
+            r.get("accuracy"),
+            r.get("map"),
+            None if "same_as_pytorch" not in r else round(100 * r["same_as_pytorch"], 2),
+            r.get("box_dev_max"),
+            r.get("box_dev_mean"),
+            r.get("score_dev_max"),
+            None if "size_mb" not in r else round(r["size_mb"], 2),
+        ]
+        for r in result["rows"]
+    ]
+    m = result["machine"]
+    head = (
+        f"Parity on {result['images']} {result['split']} images of {result['data']} "
+        f"({result['device']}; {m['cpu']}, {m['cores']} cores"
+        + (f", {m['gpu']}" if m["gpu"] else "")
+        + f"). Boxes in original-image pixels. {'PASS' if result['passed'] else 'FAIL'}."
+    )
+    return head + "\n\n" + markdown_table(HEADERS, table)
+
+
+def main(run_dir, export_dir, data, split, limit, device, out) -> int:
+    result = run(run_dir, export_dir, data, split, limit, device)
+    md = markdown(result)
+    js, mdp = write(out or export_dir, "parity", result, md)
+    print(md)
+    for r in result["rows"]:
+        for line in r.get("disagreements", [])[:10]:
+            _log(f"{r['form']}: {line}")
+    _log(f"parity: {'passed' if result['passed'] else 'FAILED'}; wrote {js} and {mdp}")
+    return 0 if result["passed"] else 1

@@ -1,0 +1,124 @@
+"""digit-bench: parity and latency outputs, and the exit-code rules (a perturbed graph fails)."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from benchmarks.cli import main
+from runtime.modelcard import ModelCard
+
+pytestmark = pytest.mark.slow
+
+
+def _bench(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _perturbed_copy(export_dir, tmp_path, name: str, sigma: float):
+    """The export with `name`'s largest weight (the box head's fc6) disturbed, re-registered in
+    model.json so the reader accepts it: a wrong graph that still loads."""
+    out = tmp_path / "perturbed"
+    shutil.copytree(export_dir, out, ignore=shutil.ignore_patterns("parity.*", "latency.*"))
+    model = onnx.load(str(out / name))
+    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(weight)
+    noise = np.random.default_rng(1).normal(0, sigma * float(np.abs(w).std()), w.shape)
+    weight.CopyFrom(numpy_helper.from_array((w + noise).astype(w.dtype), weight.name))
+    onnx.save(model, str(out / name))
+    card = ModelCard.load(out / "model.json")
+    card.add_file(out / name, card.files[name]["precision"])
+    card.save(out / "model.json")
+    return out
+
+
+def test_parity_writes_json_and_markdown_and_passes(nano_run, export_dir, synth_root, tmp_path):
+    result = _bench(
+        "parity", "--run", nano_run, "--export", export_dir, "--data", synth_root, "--out", tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    rows = {r["form"]: r for r in report["rows"]}
+    assert list(rows) == [
+        "PyTorch eager",
+        "onnxruntime fp32",
+        "onnxruntime fp16",
+        "TensorRT fp32",
+        "TensorRT fp16",
+    ]
+    assert report["passed"] and report["images"] == 24
+    eager, ort32, ort16 = rows["PyTorch eager"], rows["onnxruntime fp32"], rows["onnxruntime fp16"]
+    assert ort32["status"] == "pass" and ort32["same_as_pytorch"] == 1.0
+    assert ort32["accuracy"] == eager["accuracy"]
+    assert abs(ort32["map"] - eager["map"]) < 1e-3 and ort32["box_dev_max"] < 0.5
+    assert ort16["status"] == "pass" and ort16["same_as_pytorch"] >= 0.99
+    assert ort16["size_mb"] < 0.6 * ort32["size_mb"]
+    assert rows["TensorRT fp32"]["status"].startswith("skipped: ")
+    md = (tmp_path / "parity.md").read_text()
+    assert "| onnxruntime fp32 | pass |" in md and "PASS" in md
+    assert md.strip() in result.stdout
+
+
+def test_a_perturbed_fp32_graph_fails_parity(nano_run, export_dir, synth_root, tmp_path):
+    bad = _perturbed_copy(export_dir, tmp_path, "model.onnx", sigma=0.5)
+    result = _bench("parity", "--run", nano_run, "--export", bad, "--data", synth_root)
+    assert result.exit_code == 1
+    report = json.loads((bad / "parity.json").read_text())
+    row = next(r for r in report["rows"] if r["form"] == "onnxruntime fp32")
+    assert not report["passed"] and row["status"] == "FAIL" and row["disagreements"]
+    assert "onnxruntime fp32:" in result.stderr and "eager" in result.stderr
+    assert "| onnxruntime fp32 | FAIL |" in (bad / "parity.md").read_text()
+
+
+def test_fp16_fails_only_below_99_percent_agreement(nano_run, export_dir, synth_root, tmp_path):
+    bad = _perturbed_copy(export_dir, tmp_path, "model.fp16.onnx", sigma=3.0)
+    result = _bench("parity", "--run", nano_run, "--export", bad, "--data", synth_root)
+    report = json.loads((bad / "parity.json").read_text())
+    row = next(r for r in report["rows"] if r["form"] == "onnxruntime fp16")
+    assert row["same_as_pytorch"] < 0.99 and row["status"] == "FAIL"
+    assert result.exit_code == 1
+
+
+def test_latency_reports_every_row_against_the_eager_baseline(export_dir, synth_root, tmp_path):
+    result = _bench(
+        "latency",
+        "--export",
+        export_dir,
+        "--batch",
+        "1,2",
+        "--iters",
+        "2",
+        "--data",
+        synth_root,
+        "--out",
+        tmp_path,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "latency.json").read_text())
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    assert [(r["form"], r["batch"]) for r in ok] == [
+        (f, b) for f in ("PyTorch eager", "onnxruntime fp32", "onnxruntime fp16") for b in (1, 2)
+    ]
+    for r in ok:
+        for part in ("model", "end_to_end"):
+            s = r[part]
+            assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["iters"] >= 2
+            assert s["per_image_p50_ms"] == pytest.approx(s["p50_ms"] / r["batch"])
+            assert s["vs_eager"] > 0
+        assert r["end_to_end"]["p50_ms"] >= 0.5 * r["model"]["p50_ms"]
+    assert all(r["end_to_end"]["vs_eager"] == 1.0 for r in ok if r["form"] == "PyTorch eager")
+    assert report["floor"]["gmacs"] > 0 and report["floor"]["matmul_gflops"] > 1
+    assert {"cpu", "cores", "versions"} <= set(report["machine"])
+    skipped = [r for r in report["rows"] if r["status"] != "ok"]
+    assert [r["form"] for r in skipped] == ["TensorRT fp32", "TensorRT fp16"]
+    assert "| onnxruntime fp32 | 2 |" in (tmp_path / "latency.md").read_text()
+
+
+def test_usage_errors_exit_2(export_dir, tmp_path):
+    assert _bench("latency", "--export", export_dir, "--batch", "x").exit_code == 2
+    assert _bench("latency", "--export", tmp_path).exit_code == 2
+    assert _bench("parity", "--export", export_dir).exit_code == 2
