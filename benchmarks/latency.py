@@ -217,7 +217,8 @@ def markdown(result: dict) -> str:
     table = []
     for r in result["rows"]:
         if r["status"] != "ok":
-            table.append([r["form"], r.get("batch"), r["status"]] + [None] * (len(HEADERS) - 3))
+            label = f"{r['form']} ({r['status']})"
+            table.append([label, r.get("batch")] + [None] * (len(HEADERS) - 2))
             continue
         m, e = r["model"], r["end_to_end"]
         table.append(

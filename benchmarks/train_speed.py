@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_speed --data ROOT [--steps 40] [--repeats 2]
     python -m benchmarks.train_speed --data ROOT --to-accuracy 0.90   # full nano run
+    python -m benchmarks.train_speed --from-run demo/run --to-accuracy 0.90  # make demo's run
 
 `speed`: images/s of `digit-train`'s loop (train.engine, data loading included, evaluation
 excluded) and of a plain torchvision-reference-style loop (same model config, same data
@@ -15,7 +16,6 @@ Prints a JSON object on stdout; progress on stderr.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 import torch
+
+from benchmarks.machine import machine
 
 
 def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
@@ -89,15 +91,23 @@ def speed(data: Path, steps: int, repeats: int, batch: int) -> dict:
     }
 
 
-def time_to_accuracy(data: Path, bar: float, out: Path | None) -> dict:
+def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path | None) -> dict:
+    """Train nano fully (or read a finished run's metrics.jsonl) and find when it hit `bar`."""
+    import json as json_
+
     from train import engine, presets
 
-    mcfg, tcfg = presets.preset("nano")
-    run = out or Path(tempfile.mkdtemp(prefix="nano-"))
-    spec = engine.RunSpec(run, data, mcfg, tcfg, preset="nano", device="cpu")
-    t0 = time.perf_counter()
-    summary = engine.train(spec, progress=True)
-    wall = time.perf_counter() - t0
+    if done is not None:
+        run = done
+        summary = json_.loads((run / "summary.json").read_text())
+        wall = summary["wall_time_s"]
+    else:
+        mcfg, tcfg = presets.preset("nano")
+        run = out or Path(tempfile.mkdtemp(prefix="nano-"))
+        spec = engine.RunSpec(run, data, mcfg, tcfg, preset="nano", device="cpu")
+        t0 = time.perf_counter()
+        summary = engine.train(spec, progress=True)
+        wall = time.perf_counter() - t0
     epochs = [r for r in engine.read_records(run) if r["type"] == "epoch"]
     elapsed, reached = 0.0, None
     for r in epochs:
@@ -119,29 +129,30 @@ def time_to_accuracy(data: Path, bar: float, out: Path | None) -> dict:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
-)
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--steps", default=40, show_default=True, help="Training steps per measurement.")
 @click.option("--repeats", default=2, show_default=True, help="Alternating repeats of each loop.")
 @click.option("--batch", default=8, show_default=True)
 @click.option("--to-accuracy", type=float, help="Train nano fully; time to this valid accuracy.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory for --to-accuracy.")
+@click.option(
+    "--from-run",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --to-accuracy: read a finished nano run instead of training one.",
+)
 @click.option("--threads", type=int, help="torch threads (default: torch's choice).")
-def main(data, steps, repeats, batch, to_accuracy, out, threads):
+def main(data, steps, repeats, batch, to_accuracy, out, from_run, threads):
     """Measure nano training speed (and optionally time to an accuracy bar)."""
     if threads:
         torch.set_num_threads(threads)
-    result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        }
-    }
+    result = {"machine": machine() | {"torch_threads": torch.get_num_threads()}}
     if to_accuracy is not None:
-        result["to_accuracy"] = time_to_accuracy(data, to_accuracy, out)
+        if data is None and from_run is None:
+            raise click.UsageError("--to-accuracy needs --data ROOT or --from-run RUN")
+        result["to_accuracy"] = time_to_accuracy(data, to_accuracy, out, from_run)
     else:
+        if data is None:
+            raise click.UsageError("--data ROOT is required")
         result["speed"] = speed(data, steps, repeats, batch)
     click.echo(json.dumps(result, indent=2))
 

@@ -296,7 +296,7 @@ def _train(spec: RunSpec, resume: bool, progress: bool, info, device) -> dict:
                 loader,
                 desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                 total=len(batches),
-                disable=not progress,
+                disable=None if progress else True,  # None: only on a terminal
                 file=sys.stderr,
                 dynamic_ncols=True,
             )

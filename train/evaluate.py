@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,10 @@ def predict(
     model.eval()
     mine: dict[int, Detections] = {}
     use_amp = device.type == "cuda" and tcfg.amp
-    for images, _, metas in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    bar = tqdm(
+        loader, desc="eval", leave=False, disable=None if progress else True, file=sys.stderr
+    )
+    for images, _, metas in bar:
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             outputs = model(to_model_input(images, device))
         for out, meta in zip(outputs, metas, strict=True):
