@@ -41,6 +41,13 @@ from runtime.errors import UserError
     help="Images the exported graphs must read as the eager model does.",
 )
 @click.option(
+    "--fp16-min-agreement",
+    default=0.99,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of images the fp16 forms must read as the eager model does.",
+)
+@click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="HW2-layout root for the parity images [default: the run's data, else synthetic].",

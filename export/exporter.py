@@ -46,6 +46,7 @@ class ExportOptions:
     workspace_gib: float = 4.0
     timing_cache: Path | None = None
     parity_images: int = 32
+    fp16_min_agreement: float = FP16_MIN_AGREEMENT
     data: Path | None = None  # images for the gate; default the run's own data, else synthetic
     device: str = "cpu"  # where the gate runs the eager model and ONNX Runtime
     opset: int = OPSET
@@ -83,7 +84,13 @@ def check_rules(path: Path) -> None:
         raise ExportFailed(f"{path.name} breaks TensorRT's import rules:\n{lines}")
 
 
-def _gate(name: str, result: parity.Parity, strict: bool, score_floor: float) -> None:
+def _gate(
+    name: str,
+    result: parity.Parity,
+    strict: bool,
+    score_floor: float,
+    min_agreement: float = FP16_MIN_AGREEMENT,
+) -> None:
     _log(f"parity {name}: {result.summary()}")
     if strict:
         bad = result.failures(BOX_TOL_PX, SCORE_TOL, score_floor)
@@ -94,12 +101,12 @@ def _gate(name: str, result: parity.Parity, strict: bool, score_floor: float) ->
                 f"images (rule: same numbers, boxes within {BOX_TOL_PX} px, scores within "
                 f"{SCORE_TOL}):\n{lines}"
             )
-    elif result.agreement < FP16_MIN_AGREEMENT:
+    elif result.agreement < min_agreement:
         bad = [d for d in result.diffs if not d.same_number]
         lines = "\n".join("  " + parity.describe(d) for d in bad[:20])
         raise ExportFailed(
             f"{name} reads {100 * result.agreement:.1f} % of the numbers as the eager model does, "
-            f"below {100 * FP16_MIN_AGREEMENT:.0f} %:\n{lines}"
+            f"below {100 * min_agreement:.0f} % (--fp16-min-agreement):\n{lines}"
         )
 
 
@@ -156,7 +163,13 @@ def run(opts: ExportOptions) -> dict:
         for precision in precisions:
             backend = OrtBackend(tmp / FILES[precision][0], device)
             result = parity.measure(ref, parity.backend_detections(backend, canv), names)
-            _gate(f"onnxruntime {precision}", result, precision == "fp32", cfg.box_score_thresh)
+            _gate(
+                f"onnxruntime {precision}",
+                result,
+                precision == "fp32",
+                cfg.box_score_thresh,
+                opts.fp16_min_agreement,
+            )
             summary["parity"][f"onnxruntime {precision}"] = result.summary()
         for precision in precisions:
             name = FILES[precision][0]
@@ -178,7 +191,8 @@ def run(opts: ExportOptions) -> dict:
         versions=versions(),
     )
     for precision in precisions:
-        card.add_file(out / FILES[precision][0], precision)
+        gate = summary["parity"][f"onnxruntime {precision}"]
+        card.add_file(out / FILES[precision][0], precision, parity=gate)
     # a re-export must not leave engines of an older graph listed or lying around
     for precision in ("fp32", "fp16"):
         (out / FILES[precision][1]).unlink(missing_ok=True)
@@ -215,9 +229,17 @@ def _engines(opts, out, found, precisions, card, canv, ref, names, cfg) -> str:
         backend = TensorRTBackend(out / engine_name, entry)
         result = parity.measure(ref, parity.backend_detections(backend, canv), names)
         try:
-            _gate(f"TensorRT {precision}", result, precision == "fp32", cfg.box_score_thresh)
+            _gate(
+                f"TensorRT {precision}",
+                result,
+                precision == "fp32",
+                cfg.box_score_thresh,
+                opts.fp16_min_agreement,
+            )
         except ExportFailed:
             (out / engine_name).unlink(missing_ok=True)
             raise
-        card.add_file(out / engine_name, precision, source=onnx_name, **entry)
+        card.add_file(
+            out / engine_name, precision, source=onnx_name, parity=result.summary(), **entry
+        )
     return f"built with TensorRT {trt_version} on {gpu}"

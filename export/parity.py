@@ -164,16 +164,20 @@ class Parity:
         )
 
 
+def _short(number: str, width: int = 24) -> str:
+    return repr(number if len(number) <= width else number[: width - 1] + "…")
+
+
 def describe(d: ImageDiff) -> str:
-    parts = [f"{d.name}: eager {d.ref_number!r}, exported {d.number!r}"]
+    """One line for a per-image report."""
+    parts = [f"{d.name}: eager {_short(d.ref_number)}, exported {_short(d.number)}"]
     if d.box_devs:
         parts.append(f"box dev {d.box_dev:.3g} px, score dev {d.score_dev:.3g}")
-    if d.unmatched_ref:
-        parts.append(
-            f"{len(d.unmatched_ref)} eager detection(s) missing (scores {d.unmatched_ref})"
-        )
-    if d.unmatched_other:
-        parts.append(f"{len(d.unmatched_other)} extra detection(s) (scores {d.unmatched_other})")
+    for side, scores in (("eager", d.unmatched_ref), ("exported", d.unmatched_other)):
+        if scores:
+            parts.append(
+                f"{len(scores)} {side} detection(s) unmatched (top score {max(scores):.3f})"
+            )
     return "; ".join(parts)
 
 

@@ -40,7 +40,7 @@ def sample_paths(
 
     out = Path(cache_dir or tempfile.mkdtemp(prefix="digit-export-parity-")) / "synthetic"
     if not (out / "valid.json").is_file():
-        print(f"parity: no data set found, synthesizing {n} images in {out}", file=sys.stderr)
+        print(f"no data set given: synthesizing {n} SVHN-like images in {out}", file=sys.stderr)
         synthesize(out, {"valid": n}, seed=SYNTH_SEED, overwrite=True)
     return [s.path for s in load_split(out, "valid")[:n]], f"synthetic ({out})"
 
