@@ -231,7 +231,7 @@ def markdown(result: dict) -> str:
                 round(e["p90_ms"], 2),
                 round(e["p99_ms"], 2),
                 round(e["per_image_p50_ms"], 2),
-                round(e["images_per_s"], 1),
+                float(f"{e['images_per_s']:.3g}"),
                 None if "vs_eager" not in e else f"{e['vs_eager']:.2f}x",
                 None if "vs_floor" not in m else f"{m['vs_floor']:.2f}x",
             ]

@@ -88,7 +88,10 @@ def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, 
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"export     {s['out']} ({s['seconds']} s, ONNX export {s['onnx_export_s']} s)"]
+    took = f"ONNX export {s['onnx_export_s']} s" + (
+        f", fp16 conversion {s['fp16_convert_s']} s" if "fp16_convert_s" in s else ""
+    )
+    lines = [f"export     {s['out']} ({s['seconds']} s in all; {took})"]
     for name, size in s["files"].items():
         lines.append(f"  {name:<20} {size / 1e6:9.2f} MB")
     lines.append("  model.json")
