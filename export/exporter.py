@@ -23,7 +23,7 @@ from export.graph import DeployableDetector
 from export.onnx_export import OPSET, export_onnx
 from export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
 from runtime.errors import UserError
-from runtime.modelcard import INPUT_NAME, ModelCard, sha256_of
+from runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
 from train import checkpoint
 
 BOX_TOL_PX = 0.5  # fp32: matched boxes within half a canvas pixel
@@ -171,6 +171,8 @@ def run(opts: ExportOptions) -> dict:
                 opts.fp16_min_agreement,
             )
             summary["parity"][f"onnxruntime {precision}"] = result.summary()
+        # an old model.json would describe other files; it comes back, new, at the very end
+        (out / CARD_NAME).unlink(missing_ok=True)
         for precision in precisions:
             name = FILES[precision][0]
             os.replace(tmp / name, out / name)
@@ -201,7 +203,7 @@ def run(opts: ExportOptions) -> dict:
         _log(summary["engine"])
     else:
         summary["engine"] = _engines(opts, out, found, precisions, card, canv, ref, names, cfg)
-    card.save(out / "model.json")
+    card.save(out / CARD_NAME)
     for name in card.files:
         summary["files"][name] = card.files[name]["bytes"]
     summary["seconds"] = round(time.perf_counter() - t_start, 1)

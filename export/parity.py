@@ -16,6 +16,7 @@ import torch
 from runtime.decode import DEFAULT_THRESHOLD, decode_number
 
 MATCH_IOU = 0.5
+MATCH_EMPTY_PX = 0.5  # empty boxes: the same place within this many pixels
 
 
 @dataclass
@@ -72,13 +73,16 @@ def backend_detections(backend, canvases: np.ndarray, batch_size: int = 8) -> li
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU; two empty boxes (clipped to the image's edge) match when they nearly coincide."""
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    close = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2, initial=0.0) <= MATCH_EMPTY_PX
+    empty = np.where(close, 1.0, 0.0)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), empty)
 
 
 @dataclass

@@ -15,10 +15,17 @@ NO_DIGIT = "-1"
 
 
 def reading_order(boxes_xyxy, scores, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Indices of boxes with score >= threshold, sorted by left edge, ties by top edge."""
+    """Indices of boxes with score >= threshold, sorted by left edge, ties by top edge.
+
+    A box with no area (one that lay wholly in the letterbox padding, clipped to the image's
+    edge) is not a digit of the image: the seed's torchvision pipeline clipped boxes to the
+    image and dropped the empty ones inside the model; here clipping happens on the way back
+    to image pixels, so the same rule applies here.
+    """
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    keep = np.flatnonzero(scores >= threshold)
+    has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    keep = np.flatnonzero((scores >= threshold) & has_area)
     order = np.lexsort((boxes[keep, 1], boxes[keep, 0]))  # last key is primary
     return keep[order]
 

@@ -49,8 +49,9 @@ def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> lis
     return preds
 
 
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """--model, else $DIGIT_MODEL; a directory means the export directory (engine, else ONNX)."""
+def resolve_model(model: str | os.PathLike | None, device: str = "auto") -> Path:
+    """--model, else $DIGIT_MODEL; a directory means the export directory: its model.engine
+    where TensorRT can run it (not with --device cpu), else its model.onnx."""
     model = model or os.environ.get("DIGIT_MODEL")
     if not model:
         raise UserError(
@@ -60,8 +61,9 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         )
     path = Path(model)
     if path.is_dir():
+        engine_ok = device != "cpu" and (path / "model.engine").is_file() and _tensorrt_usable()
         for name in ("model.engine", "model.onnx"):
-            if (path / name).is_file() and (name != "model.engine" or _tensorrt_usable()):
+            if (path / name).is_file() and (name != "model.engine" or engine_ok):
                 return path / name
         raise UserError(f"{path}: no model.onnx or usable model.engine in this directory", code=2)
     if not path.is_file():
@@ -104,7 +106,7 @@ class Reader:
         threshold: float | None = None,
         workers: int = 2,
     ):
-        self.path = resolve_model(model)
+        self.path = resolve_model(model, device)
         self.card, entry = card_for(self.path)
         self.backend = open_backend(self.path, entry, device)
         limit = self.backend.max_batch or batch_size

@@ -64,3 +64,11 @@ def test_coco_results_are_xywh_with_category_digit_plus_one():
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
 def test_threshold_is_inclusive(threshold):
     assert decode_number([[0, 0, 1, 1]], [threshold], [3], threshold) == "3"
+
+
+def test_empty_boxes_from_the_letterbox_padding_are_not_digits():
+    # clipped to the right edge of a 40 px wide image: zero width
+    boxes = [[40, 0, 40, 10], [10, 0, 20, 10], [0, 5, 8, 5]]
+    assert decode_number(boxes, [0.9, 0.8, 0.95], [7, 3, 1]) == "3"
+    p = Prediction.from_detections(boxes, [0.9, 0.8, 0.95], [7, 3, 1])
+    assert p.number == "3" and len(p.scores) == 3  # still reported as detections

@@ -1,0 +1,42 @@
+"""Matching detections of two forms of one model (export gate and digit-bench parity)."""
+
+import numpy as np
+
+from export.parity import Dets, compare, measure
+
+
+def _dets(boxes, scores, digits):
+    return Dets(
+        np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32), np.array(digits)
+    )
+
+
+def test_matching_by_digit_and_iou_with_deviations():
+    ref = _dets([[0, 0, 10, 10], [20, 0, 30, 10]], [0.9, 0.6], [1, 2])
+    other = _dets([[20.2, 0, 30, 10], [0, 0, 10, 10.1]], [0.58, 0.9], [2, 1])
+    d = compare(ref, other, "a.png")
+    assert d.matched == 2 and d.same_number and d.ref_number == "12"
+    assert abs(d.box_dev - 0.2) < 1e-5 and abs(d.score_dev - 0.02) < 1e-6
+    assert not d.unmatched_ref and not d.unmatched_other
+
+
+def test_other_digit_or_far_box_is_unmatched():
+    ref = _dets([[0, 0, 10, 10]], [0.9], [1])
+    other = _dets([[0, 0, 10, 10], [30, 0, 40, 10]], [0.9, 0.7], [7, 1])
+    d = compare(ref, other)
+    assert d.matched == 0 and d.unmatched_ref == [np.float32(0.9)]
+    assert len(d.unmatched_other) == 2 and not d.same_number
+
+
+def test_empty_boxes_at_the_image_edge_match_when_they_coincide():
+    ref = _dets([[40, 0, 40, 10]], [0.3], [5])
+    assert compare(ref, _dets([[40, 0, 40, 10.2]], [0.3], [5])).matched == 1
+    assert compare(ref, _dets([[40, 20, 40, 30]], [0.3], [5])).matched == 0
+
+
+def test_agreement_and_failures():
+    a = _dets([[0, 0, 10, 10]], [0.9], [1])
+    b = _dets([[0, 0, 10, 10]], [0.9], [2])
+    result = measure([a, a], [a, b], ["same.png", "other.png"])
+    assert result.agreement == 0.5
+    assert [d.name for d in result.failures(0.5, 1e-3, 0.05)] == ["other.png"]
