@@ -23,10 +23,12 @@ class Form:
         return f"{self.backend} {self.precision}"
 
 
-def exported_forms(export_dir: Path) -> list[Form]:
+def exported_forms(export_dir: Path, device: str = "cpu") -> list[Form]:
     """ONNX Runtime fp32/fp16 and TensorRT fp32/fp16, in that order, each runnable or skipped."""
     card = ModelCard.load(export_dir / CARD_NAME)
     no_trt = why_no_engine(*probe()[:2])
+    if not no_trt and device == "cpu":
+        no_trt = "TensorRT runs on CUDA only (--device cuda)"
     forms = []
     for backend in ("onnxruntime", "TensorRT"):
         for precision in ("fp32", "fp16"):

@@ -157,7 +157,7 @@ def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, devi
         floor = {"gmacs": macs / 1e9, "matmul_gflops": rate, "ms_per_image": 2 * macs / rate / 1e6}
     else:
         forms.append(("PyTorch eager", "fp32", None, f"no checkpoint at {source} (pass --run)"))
-    for form in exported_forms(export_dir):
+    for form in exported_forms(export_dir, device):
         if forms_wanted and form.name not in forms_wanted:
             continue
         forms.append((form.name, form.precision, form, form.skip))

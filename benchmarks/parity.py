@@ -68,7 +68,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
             "size_mb": ckpt.stat().st_size / 1e6,
         }
     ]
-    for form in exported_forms(export_dir):
+    for form in exported_forms(export_dir, device):
         row = {"form": form.name, "precision": form.precision}
         if form.skip:
             rows.append(row | {"status": f"skipped: {form.skip}"})
