@@ -24,6 +24,7 @@ from benchmarks.forms import Form, exported_forms
 from benchmarks.machine import machine, matmul_gflops
 from benchmarks.report import markdown_table, write
 from export import samples
+from export.parity import EagerBackend
 from runtime.decode import DEFAULT_THRESHOLD
 from runtime.errors import UserError
 from runtime.modelcard import CARD_NAME, ModelCard
@@ -35,36 +36,6 @@ WARMUP = 2
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class EagerBackend:
-    """The stock torchvision model behind the backends' interface (uint8 batch -> outputs)."""
-
-    name = "PyTorch eager"
-
-    def __init__(self, model, k: int, device: str):
-        self.model, self.k, self.device = model, k, torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(images).to(self.device).float().div_(255.0)
-        results = self.model(list(x.unbind(0)))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        n = len(results)
-        out = {
-            "num_dets": np.zeros(n, np.int32),
-            "boxes": np.zeros((n, self.k, 4), np.float32),
-            "scores": np.zeros((n, self.k), np.float32),
-            "labels": np.full((n, self.k), -1, np.int32),
-        }
-        for i, r in enumerate(results):
-            m = len(r["scores"])
-            out["num_dets"][i] = m
-            out["boxes"][i, :m] = r["boxes"].cpu().numpy()
-            out["scores"][i, :m] = r["scores"].cpu().numpy()
-            out["labels"][i, :m] = r["labels"].cpu().numpy() - 1
-        return out
 
 
 def conv_linear_macs(model, canvas: tuple[int, int]) -> int:

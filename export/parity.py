@@ -46,21 +46,42 @@ def from_graph_outputs(out: dict[str, np.ndarray]) -> list[Dets]:
     return dets
 
 
-@torch.no_grad()
+class EagerBackend:
+    """The stock torchvision model (eval mode) behind the runtime backends' interface: a uint8
+    NCHW batch in, the graph's padded outputs out. Runs the model as training evaluates it."""
+
+    name = "PyTorch eager"
+    max_batch = None
+
+    def __init__(self, model, max_detections: int, device="cpu"):
+        self.model, self.k, self.device = model, max_detections, torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(images).to(self.device).float().div_(255.0)
+        results = self.model(list(x.unbind(0)))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        n = len(results)
+        out = {
+            "num_dets": np.zeros(n, np.int32),
+            "boxes": np.zeros((n, self.k, 4), np.float32),
+            "scores": np.zeros((n, self.k), np.float32),
+            "labels": np.full((n, self.k), -1, np.int32),
+        }
+        for i, r in enumerate(results):
+            m = len(r["scores"])
+            out["num_dets"][i] = m
+            out["boxes"][i, :m] = r["boxes"].float().cpu().numpy()
+            out["scores"][i, :m] = r["scores"].float().cpu().numpy()
+            out["labels"][i, :m] = r["labels"].cpu().numpy() - 1
+        return out
+
+
 def eager_detections(model, canvases: np.ndarray, batch_size: int = 8, device="cpu") -> list[Dets]:
-    """The stock torchvision model (eval mode) on uint8 NCHW canvases, as training evaluates."""
-    out = []
-    for start in range(0, len(canvases), batch_size):
-        x = torch.from_numpy(canvases[start : start + batch_size]).to(device).float().div_(255.0)
-        for r in model(list(x.unbind(0))):
-            out.append(
-                Dets(
-                    r["boxes"].float().cpu().numpy(),
-                    r["scores"].float().cpu().numpy(),
-                    r["labels"].cpu().numpy().astype(np.int64) - 1,
-                )
-            )
-    return out
+    """The eager model's detections (canvas pixels) on uint8 NCHW canvases."""
+    k = model.roi_heads.detections_per_img
+    return backend_detections(EagerBackend(model, k, device), canvases, batch_size)
 
 
 def backend_detections(backend, canvases: np.ndarray, batch_size: int = 8) -> list[Dets]:
