@@ -84,6 +84,8 @@ def _stats(times: list[float], batch: int) -> dict:
         "p90_ms": 1e3 * p90,
         "p99_ms": 1e3 * p99,
         "per_image_p50_ms": 1e3 * p50 / batch,
+        "per_image_p90_ms": 1e3 * p90 / batch,
+        "per_image_p99_ms": 1e3 * p99 / batch,
         "images_per_s": batch / p50,
         "iters": len(times),
     }
