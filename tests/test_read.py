@@ -177,3 +177,18 @@ def test_threshold_option_and_fp16_model(export_dir, synth_root):
     assert low != base and all(r.endswith(",-1") for r in high.splitlines()[1:])
     fp16 = _read([synth_root / "test", "--model", export_dir / "model.fp16.onnx"])
     assert fp16.exit_code == 0 and fp16.stdout.splitlines()[0] == "image_id,pred_label"
+
+
+def test_a_model_trained_on_sharpened_inputs_is_read_sharpened(export_dir, test_images, tmp_path):
+    from runtime.modelcard import ModelCard
+    from runtime.preprocess import load_canvas
+
+    sharp = tmp_path / "sharp"
+    shutil.copytree(export_dir, sharp)
+    card = ModelCard.load(sharp / "model.json")
+    card.sharpen = True
+    card.save(sharp / "model.json")
+    canvas = Reader(sharp, device="cpu").prepare(test_images[0]).canvas
+    expected, _, _ = load_canvas(test_images[0], card.canvas, sharpen=True)
+    plain, _, _ = load_canvas(test_images[0], card.canvas)
+    assert np.array_equal(canvas, expected) and not np.array_equal(canvas, plain)
