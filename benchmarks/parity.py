@@ -20,7 +20,7 @@ from benchmarks.forms import exported_forms
 from benchmarks.machine import machine
 from benchmarks.report import markdown_table, write
 from export import parity
-from export.exporter import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
 from runtime.errors import UserError
 from runtime.modelcard import CARD_NAME, ModelCard
 from runtime.reader import Reader
@@ -81,11 +81,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
             for p in reader.read([s.path for s in samples])
         ]
         result = parity.measure(ref, dets, names)
-        if form.precision == "fp32":
-            bad = result.failures(BOX_TOL_PX, SCORE_TOL, cfg.box_score_thresh)
-        else:
-            bad = [d for d in result.diffs if not d.same_number]
-        passed = not bad if form.precision == "fp32" else result.agreement >= FP16_MIN_AGREEMENT
+        passed, bad = result.verdict(form.precision, cfg.box_score_thresh)
         rows.append(
             row
             | {"status": "pass" if passed else "FAIL"}

@@ -21,14 +21,12 @@ import torch
 from export import fp16, graph_rules, parity, samples
 from export.graph import DeployableDetector
 from export.onnx_export import OPSET, export_onnx
+from export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
 from export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
 from runtime.errors import UserError
 from runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
 from train import checkpoint
 
-BOX_TOL_PX = 0.5  # fp32: matched boxes within half a canvas pixel
-SCORE_TOL = 1e-3
-FP16_MIN_AGREEMENT = 0.99
 FILES = {"fp32": ("model.onnx", "model.engine"), "fp16": ("model.fp16.onnx", "model.fp16.engine")}
 
 
@@ -87,27 +85,25 @@ def check_rules(path: Path) -> None:
 def _gate(
     name: str,
     result: parity.Parity,
-    strict: bool,
+    precision: str,
     score_floor: float,
     min_agreement: float = FP16_MIN_AGREEMENT,
 ) -> None:
     _log(f"parity {name}: {result.summary()}")
-    if strict:
-        bad = result.failures(BOX_TOL_PX, SCORE_TOL, score_floor)
-        if bad:
-            lines = "\n".join("  " + parity.describe(d) for d in bad[:20])
-            raise ExportFailed(
-                f"{name} disagrees with the eager model on {len(bad)} of {len(result.diffs)} "
-                f"images (rule: same numbers, boxes within {BOX_TOL_PX} px, scores within "
-                f"{SCORE_TOL}):\n{lines}"
-            )
-    elif result.agreement < min_agreement:
-        bad = [d for d in result.diffs if not d.same_number]
-        lines = "\n".join("  " + parity.describe(d) for d in bad[:20])
+    passed, bad = result.verdict(precision, score_floor, min_agreement)
+    if passed:
+        return
+    lines = "\n".join("  " + parity.describe(d) for d in bad[:20])
+    if precision == "fp32":
         raise ExportFailed(
-            f"{name} reads {100 * result.agreement:.1f} % of the numbers as the eager model does, "
-            f"below {100 * min_agreement:.0f} % (--fp16-min-agreement):\n{lines}"
+            f"{name} disagrees with the eager model on {len(bad)} of {len(result.diffs)} "
+            f"images (rule: same numbers, boxes within {BOX_TOL_PX} px, scores within "
+            f"{SCORE_TOL}):\n{lines}"
         )
+    raise ExportFailed(
+        f"{name} reads {100 * result.agreement:.1f} % of the numbers as the eager model does, "
+        f"below {100 * min_agreement:.0f} % (--fp16-min-agreement):\n{lines}"
+    )
 
 
 def _resolve_device(device: str) -> str:
@@ -166,7 +162,7 @@ def run(opts: ExportOptions) -> dict:
             _gate(
                 f"onnxruntime {precision}",
                 result,
-                precision == "fp32",
+                precision,
                 cfg.box_score_thresh,
                 opts.fp16_min_agreement,
             )
@@ -234,7 +230,7 @@ def _engines(opts, out, found, precisions, card, canv, ref, names, cfg) -> str:
             _gate(
                 f"TensorRT {precision}",
                 result,
-                precision == "fp32",
+                precision,
                 cfg.box_score_thresh,
                 opts.fp16_min_agreement,
             )

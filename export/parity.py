@@ -16,6 +16,10 @@ import torch
 from runtime.decode import DEFAULT_THRESHOLD, decode_number
 
 MATCH_IOU = 0.5
+# The rule every exported form is held to (export gate and digit-bench parity)
+BOX_TOL_PX = 0.5  # fp32: matched boxes within half a pixel
+SCORE_TOL = 1e-3
+FP16_MIN_AGREEMENT = 0.99  # fp16: share of images with the eager model's number
 MATCH_EMPTY_PX = 0.5  # empty boxes: the same place within this many pixels
 
 
@@ -178,6 +182,17 @@ class Parity:
             return not d.same_number or d.box_dev > box_tol or d.score_dev > score_tol or bool(lost)
 
         return [d for d in self.diffs if bad(d)]
+
+    def verdict(
+        self, precision: str, score_floor: float, min_agreement: float = FP16_MIN_AGREEMENT
+    ) -> tuple[bool, list[ImageDiff]]:
+        """(passed, the offending images): fp32 must agree on every image (numbers, boxes within
+        BOX_TOL_PX, scores within SCORE_TOL); fp16 on at least `min_agreement` of the numbers."""
+        if precision == "fp32":
+            bad = self.failures(BOX_TOL_PX, SCORE_TOL, score_floor)
+            return not bad, bad
+        bad = [d for d in self.diffs if not d.same_number]
+        return self.agreement >= min_agreement, bad
 
     def summary(self) -> str:
         n = len(self.diffs)

@@ -80,18 +80,19 @@ def probe() -> tuple[str | None, int | None, str | None, str | None]:
         import tensorrt as trt
     except ImportError:
         return None, None, None, None
-    try:
-        from runtime.trt_backend import import_cudart
+    from runtime.trt_backend import cuda_call, gpu_properties, import_cudart
 
+    try:
         cudart = import_cudart()
     except UserError:
         return trt.__version__, None, None, None
-    err, count = cudart.cudaGetDeviceCount()
-    if int(getattr(err, "value", err)) != 0 or count == 0:
+    try:
+        count = cuda_call(cudart.cudaGetDeviceCount())
+    except RuntimeError:  # no driver or no device
+        count = 0
+    if count == 0:
         return trt.__version__, 0, None, None
-    err, props = cudart.cudaGetDeviceProperties(0)
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return trt.__version__, count, name.rstrip("\x00"), f"{props.major}.{props.minor}"
+    return trt.__version__, count, *gpu_properties(cudart)
 
 
 def build_engine(

@@ -55,12 +55,19 @@ def import_tensorrt():
     return tensorrt, import_cudart()
 
 
-def _check(result):
+def cuda_call(result):
     """cuda-python calls return (err, *values); raise on error, return the values."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if int(getattr(err, "value", err)) != 0:
         raise RuntimeError(f"CUDA error {err}")
     return values[0] if len(values) == 1 else values
+
+
+def gpu_properties(cudart, device: int = 0) -> tuple[str, str]:
+    """(name, compute capability "major.minor") of a CUDA device; raises if there is none."""
+    props = cuda_call(cudart.cudaGetDeviceProperties(device))
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
 
 class TensorRTBackend:
@@ -84,7 +91,7 @@ class TensorRTBackend:
                 code=2,
             )
         self.context = self.engine.create_execution_context()
-        self.stream = _check(cudart.cudaStreamCreate())
+        self.stream = cuda_call(cudart.cudaStreamCreate())
         _, _, max_shape = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
         self.max_batch = int(max_shape[0])
         self.name = f"TensorRT {trt.__version__} ({gpu})"
@@ -96,20 +103,18 @@ class TensorRTBackend:
             )
             shape[0] = self.max_batch
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            host_ptr = _check(cudart.cudaMallocHost(nbytes))
+            host_ptr = cuda_call(cudart.cudaMallocHost(nbytes))
             ctype = ctypes.POINTER(np.ctypeslib.as_ctypes_type(dtype))
             host = np.ctypeslib.as_array(ctypes.cast(host_ptr, ctype), (int(np.prod(shape)),))
-            device = _check(cudart.cudaMalloc(nbytes))
+            device = cuda_call(cudart.cudaMalloc(nbytes))
             self.buffers[name] = (host_ptr, host, device, dtype)
             self.context.set_tensor_address(name, int(device))
 
-    def _gpu_name(self) -> str | None:
+    def _gpu_name(self) -> str:
         try:
-            props = _check(self.cudart.cudaGetDeviceProperties(0))
+            return gpu_properties(self.cudart)[0]
         except Exception:
             raise UserError("TensorRT needs an NVIDIA GPU and none is visible", code=2) from None
-        name = props.name
-        return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self.cudart
@@ -119,7 +124,7 @@ class TensorRTBackend:
         _, host, device, _ = self.buffers[INPUT_NAME]
         host[: images.size] = images.reshape(-1)
         self.context.set_input_shape(INPUT_NAME, tuple(images.shape))
-        _check(cudart.cudaMemcpyAsync(device, host.ctypes.data, images.nbytes, h2d, self.stream))
+        cuda_call(cudart.cudaMemcpyAsync(device, host.ctypes.data, images.nbytes, h2d, self.stream))
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         out = {}
@@ -128,9 +133,9 @@ class TensorRTBackend:
             shape = tuple(self.context.get_tensor_shape(name))
             size = int(np.prod(shape))
             nbytes = size * dtype.itemsize
-            _check(cudart.cudaMemcpyAsync(host.ctypes.data, device, nbytes, d2h, self.stream))
+            cuda_call(cudart.cudaMemcpyAsync(host.ctypes.data, device, nbytes, d2h, self.stream))
             out[name] = (host, size, shape)
-        _check(cudart.cudaStreamSynchronize(self.stream))
+        cuda_call(cudart.cudaStreamSynchronize(self.stream))
         result = {
             name: host[:size].reshape(shape).copy() for name, (host, size, shape) in out.items()
         }

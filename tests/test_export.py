@@ -179,7 +179,7 @@ def test_perturbed_graph_fails_the_gate_with_a_per_image_report(
     got = parity.backend_detections(OrtBackend(tmp_path / "perturbed.onnx", "cpu"), canv)
     result = parity.measure(eager, got, [p.name for p in images])
     with pytest.raises(exporter.ExportFailed, match="disagrees with the eager model") as e:
-        exporter._gate("onnxruntime fp32", result, True, 0.05)
+        exporter._gate("onnxruntime fp32", result, "fp32", 0.05)
     assert images[0].name in str(e.value) or any(p.name in str(e.value) for p in images)
 
 

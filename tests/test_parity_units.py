@@ -40,3 +40,16 @@ def test_agreement_and_failures():
     result = measure([a, a], [a, b], ["same.png", "other.png"])
     assert result.agreement == 0.5
     assert [d.name for d in result.failures(0.5, 1e-3, 0.05)] == ["other.png"]
+
+
+def test_verdict_is_strict_for_fp32_and_a_share_for_fp16():
+    a = _dets([[0, 0, 10, 10]], [0.9], [1])
+    nudged = _dets([[0, 0, 10.7, 10]], [0.9], [1])  # same number, box 0.7 px off
+    result = measure([a] * 100, [nudged] + [a] * 99, [f"{i}.png" for i in range(100)])
+    passed, bad = result.verdict("fp32", 0.05)
+    assert not passed and [d.name for d in bad] == ["0.png"]
+    assert result.verdict("fp16", 0.05) == (True, [])  # every number agrees
+    other = _dets([[0, 0, 10, 10]], [0.9], [2])
+    result = measure([a] * 100, [other, other] + [a] * 98, [f"{i}.png" for i in range(100)])
+    assert result.verdict("fp16", 0.05)[0] is False  # 98 % < 99 %
+    assert result.verdict("fp16", 0.05, min_agreement=0.98)[0] is True
