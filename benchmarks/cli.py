@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from runtime.errors import UserError
+from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -68,7 +68,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     Exit 1 when an fp32 form disagrees with PyTorch on any image or an fp16 form on more than
     1 % of them.
     """
-    from benchmarks import parity as bench
+    from digit_reader.benchmarks import parity as bench
 
     _exit(bench.main, run_dir, export_dir, data, split, limit, device, out)
 
@@ -112,6 +112,6 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
 )
 def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, out):
     """Latency and throughput per form, precision and batch, model-only and end to end."""
-    from benchmarks import latency as bench
+    from digit_reader.benchmarks import latency as bench
 
     _exit(bench.main, export_dir, run_dir, set(forms), batches, iters, seconds, data, device, out)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.exporter import FILES
-from export.tensorrt_engine import probe, why_no_engine
-from runtime.modelcard import CARD_NAME, ModelCard
+from digit_reader.export.exporter import FILES
+from digit_reader.export.tensorrt_engine import probe, why_no_engine
+from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 
 
 @dataclass

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.forms import exported_forms
-from benchmarks.machine import machine
-from benchmarks.report import markdown_table, write
-from export import parity
-from export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
-from runtime.errors import UserError
-from runtime.modelcard import CARD_NAME, ModelCard
-from runtime.reader import Reader
-from train import checkpoint, evaluate, presets
-from train.hw2 import load_split
+from digit_reader.benchmarks.forms import exported_forms
+from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks.report import markdown_table, write
+from digit_reader.export import parity
+from digit_reader.export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
+from digit_reader.runtime.reader import Reader
+from digit_reader.train import checkpoint, evaluate, presets
+from digit_reader.train.hw2 import load_split
 
 HEADERS = [
     "form",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from benchmarks.machine import machine
-from runtime.cli import collect_inputs
-from runtime.reader import Reader
+from digit_reader.benchmarks.machine import machine
+from digit_reader.runtime.cli import collect_inputs
+from digit_reader.runtime.reader import Reader
 
 
 def measure(reader: Reader, files: list[Path], repeats: int) -> dict:

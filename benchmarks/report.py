@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime import atomic
+from digit_reader.runtime import atomic
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -33,7 +33,7 @@ def write(out_dir: Path, name: str, result: dict, markdown: str) -> tuple[Path, 
 
 def render(path: Path) -> str:
     """The Markdown of a saved parity.json or latency.json (e.g. after a format change)."""
-    from benchmarks import latency, parity
+    from digit_reader.benchmarks import latency, parity
 
     result = json.loads(Path(path).read_text(encoding="utf-8"))
     return {"parity": parity.markdown, "latency": latency.markdown}[result["benchmark"]](result)

@@ -24,10 +24,10 @@ import click
 import numpy as np
 import torch
 
-from export import samples
-from runtime import atomic
-from train import checkpoint, presets
-from train.model import ModelConfig, build_model
+from digit_reader.export import samples
+from digit_reader.runtime import atomic
+from digit_reader.train import checkpoint, presets
+from digit_reader.train.model import ModelConfig, build_model
 
 NOTE = "stand-in weights: random init, BatchNorm statistics of synthetic canvases; reads no digits"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from benchmarks.machine import machine
-from train.synth import SYNTH_VERSION, synthesize
+from digit_reader.benchmarks.machine import machine
+from digit_reader.train.synth import SYNTH_VERSION, synthesize
 
 
 def pin_one_core() -> bool:

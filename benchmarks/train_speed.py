@@ -26,17 +26,17 @@ from pathlib import Path
 import click
 import torch
 
-from benchmarks.machine import machine
+from digit_reader.benchmarks.machine import machine
 
 
 def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
     """torchvision references/detection style: build, load, forward, backward, step."""
     from torch.utils.data import DataLoader
 
-    from train import presets
-    from train.dataset import DigitDataset, collate, to_model_input
-    from train.hw2 import load_split
-    from train.model import build_model
+    from digit_reader.train import presets
+    from digit_reader.train.dataset import DigitDataset, collate, to_model_input
+    from digit_reader.train.hw2 import load_split
+    from digit_reader.train.model import build_model
 
     mcfg, tcfg = presets.preset("nano")
     tcfg.batch_size = batch
@@ -60,7 +60,7 @@ def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
 
 
 def engine_images_per_s(data: Path, steps: int, batch: int, work: Path) -> float:
-    from train import engine, presets
+    from digit_reader.train import engine, presets
 
     mcfg, tcfg = presets.preset("nano")
     tcfg.epochs, tcfg.batch_size = 1, batch
@@ -102,7 +102,7 @@ def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path
     """Train nano fully (or read a finished run's metrics.jsonl) and find when it hit `bar`."""
     import json as json_
 
-    from train import engine, presets
+    from digit_reader.train import engine, presets
 
     if done is not None:
         run = done

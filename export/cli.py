@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from runtime.errors import UserError
+from digit_reader.runtime.errors import UserError
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,8 +67,8 @@ def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, 
     model.fp16.onnx with --fp16, model.engine / model.fp16.engine where TensorRT and an
     NVIDIA GPU are present, and model.json, which digit-read needs beside them.
     """
-    from export.exporter import ExportOptions, run
-    from export.tensorrt_engine import BatchProfile
+    from digit_reader.export.exporter import ExportOptions, run
+    from digit_reader.export.tensorrt_engine import BatchProfile
 
     opts = ExportOptions(
         source=source,

@@ -18,14 +18,14 @@ from pathlib import Path
 import onnx
 import torch
 
-from export import fp16, graph_rules, parity, samples
-from export.graph import DeployableDetector
-from export.onnx_export import OPSET, export_onnx
-from export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
-from export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
-from runtime.errors import UserError
-from runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
-from train import checkpoint
+from digit_reader.export import fp16, graph_rules, parity, samples
+from digit_reader.export.graph import DeployableDetector
+from digit_reader.export.onnx_export import OPSET, export_onnx
+from digit_reader.export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
+from digit_reader.train import checkpoint
 
 FILES = {"fp32": ("model.onnx", "model.engine"), "fp16": ("model.fp16.onnx", "model.fp16.engine")}
 
@@ -154,7 +154,7 @@ def run(opts: ExportOptions) -> dict:
         _log(f"parity gate on {len(paths)} images from {origin}")
         canv = samples.canvases(paths, cfg.canvas, sharpen)
         ref = parity.eager_detections(model.to(device), canv, device=device)
-        from runtime.ort_backend import OrtBackend
+        from digit_reader.runtime.ort_backend import OrtBackend
 
         for precision in precisions:
             backend = OrtBackend(tmp / FILES[precision][0], device)
@@ -209,7 +209,7 @@ def run(opts: ExportOptions) -> dict:
 def _engines(opts, out, found, precisions, card, canv, ref, names, cfg) -> str:
     """Build the TensorRT engines and hold them to the same parity gate as the ONNX graphs."""
     trt_version, _, gpu, capability = found
-    from runtime.trt_backend import TensorRTBackend
+    from digit_reader.runtime.trt_backend import TensorRTBackend
 
     card.engine_batch = {"min": opts.profile.min, "opt": opts.profile.opt, "max": opts.profile.max}
     for precision in precisions:

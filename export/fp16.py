@@ -25,8 +25,8 @@ from pathlib import Path
 
 import onnx
 
-from runtime import atomic
-from runtime.errors import UserError
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
 
 FP16_MODULES = ("backbone", "rpn_head", "box_head", "box_predictor")  # DeployableDetector's
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"

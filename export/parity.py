@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from runtime.decode import DEFAULT_THRESHOLD, decode_number
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
 
 MATCH_IOU = 0.5
 # The rule every exported form is held to (export gate and digit-bench parity)

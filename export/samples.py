@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.preprocess import load_canvas
-from train.hw2 import load_split
+from digit_reader.runtime.preprocess import load_canvas
+from digit_reader.train.hw2 import load_split
 
 SYNTH_SEED = 20261125
 
@@ -36,7 +36,7 @@ def sample_paths(
                 paths = [s.path for s in load_split(root, split)[:n]]
                 if paths:
                     return paths, f"{root}/{split}"
-    from train.synth import synthesize
+    from digit_reader.train.synth import synthesize
 
     out = Path(cache_dir or tempfile.mkdtemp(prefix="digit-export-parity-")) / "synthetic"
     if not (out / "valid.json").is_file():

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime import atomic
-from runtime.errors import UserError
-from runtime.modelcard import INPUT_NAME
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import INPUT_NAME
 
 MIN_TENSORRT_MAJOR = 10  # strongly typed networks, execute_async_v3, ROIAlign_TRT v2
 
@@ -80,7 +80,7 @@ def probe() -> tuple[str | None, int | None, str | None, str | None]:
         import tensorrt as trt
     except ImportError:
         return None, None, None, None
-    from runtime.trt_backend import cuda_call, gpu_properties, import_cudart
+    from digit_reader.runtime.trt_backend import cuda_call, gpu_properties, import_cudart
 
     try:
         cudart = import_cudart()

@@ -6,3 +6,6 @@ pillow, click and one inference backend.
 """
 
 __version__ = "0.1.0"
+
+# Backends whose modules import an optional extra at import time (none yet; see the extras).
+OPTIONAL_BACKENDS: frozenset[str] = frozenset()

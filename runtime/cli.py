@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from runtime import atomic
-from runtime.errors import ImageError, UserError
-from runtime.preprocess import is_image_path
-from runtime.submission import CSV_HEADER, coco_results, image_id_for, natural_key
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import ImageError, UserError
+from digit_reader.runtime.preprocess import is_image_path
+from digit_reader.runtime.submission import CSV_HEADER, coco_results, image_id_for, natural_key
 
 
 def collect_inputs(paths: tuple[str, ...]) -> tuple[list[Path], list[str]]:
@@ -78,7 +78,7 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
     if not paths:
         raise click.UsageError("no inputs: give image files or directories")
     try:
-        from runtime.reader import Reader
+        from digit_reader.runtime.reader import Reader
 
         reader = Reader(
             model, device=device, batch_size=batch_size, threshold=threshold, workers=workers

@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from runtime import atomic
-from runtime.decode import DEFAULT_THRESHOLD
-from runtime.errors import UserError
+from digit_reader.runtime import atomic
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD
+from digit_reader.runtime.errors import UserError
 
 FORMAT = "digit-reader/model@1"
 CARD_NAME = "model.json"

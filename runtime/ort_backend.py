@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import UserError
-from runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
 
 # TensorRT EP first, then CUDA, then CPU: ORT hands each node to the first provider that takes it.
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")

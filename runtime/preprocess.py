@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from runtime.errors import ImageError
+from digit_reader.runtime.errors import ImageError
 
 # Decompression-bomb guard: SVHN photos are tiny; 40 MP still admits an 8K camera frame.
 MAX_PIXELS = 40_000_000

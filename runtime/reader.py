@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime.decode import Prediction
-from runtime.errors import ImageError, UserError
-from runtime.modelcard import ModelCard, card_for
-from runtime.preprocess import boxes_from_canvas, load_canvas
+from digit_reader.runtime.decode import Prediction
+from digit_reader.runtime.errors import ImageError, UserError
+from digit_reader.runtime.modelcard import ModelCard, card_for
+from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
 
 DEFAULT_BATCH = 8
 _END = object()
@@ -85,11 +85,11 @@ def open_backend(path: Path, entry: dict, device: str):
             raise UserError(
                 f"{path}: a TensorRT engine runs on CUDA only, not --device cpu", code=2
             )
-        from runtime.trt_backend import TensorRTBackend
+        from digit_reader.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend(path, entry)
     if path.suffix == ".onnx":
-        from runtime.ort_backend import OrtBackend
+        from digit_reader.runtime.ort_backend import OrtBackend
 
         return OrtBackend(path, device)
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import atomic
+from digit_reader.runtime import atomic
 
 CSV_HEADER = ("image_id", "pred_label")
 

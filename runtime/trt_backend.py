@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import UserError
-from runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
 
 
 def engine_mismatch(built: dict, tensorrt_version: str, gpu_name: str | None) -> str | None:

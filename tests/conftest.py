@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    from train.synth import synthesize
+    from digit_reader.train.synth import synthesize
 
     root = tmp_path_factory.mktemp("svhn-like")
     synthesize(root, {"train": 320, "valid": 24, "test": 12}, seed=5)
@@ -24,7 +24,7 @@ def synth_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def nano_run(synth_root, tmp_path_factory) -> Path:
-    from train import engine, presets
+    from digit_reader.train import engine, presets
 
     mcfg, tcfg = presets.preset("nano")
     tcfg.epochs = 6  # 240 steps
@@ -37,7 +37,7 @@ def nano_run(synth_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def export_result(nano_run):
     """(export dir, CliRunner result) of `digit-export RUN --fp16` with default options."""
-    from export.cli import main
+    from digit_reader.export.cli import main
 
     result = CliRunner().invoke(main, [str(nano_run), "--fp16"])
     assert result.exit_code == 0, result.output

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from benchmarks.cli import main
-from runtime.modelcard import ModelCard
+from digit_reader.benchmarks.cli import main
+from digit_reader.runtime.modelcard import ModelCard
 
 pytestmark = pytest.mark.slow
 

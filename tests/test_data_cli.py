@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from test_svhn_mat import make_svhn
 
-from train.data_cli import main
+from digit_reader.train.data_cli import main
 
 
 def _run(*args):

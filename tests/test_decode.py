@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from runtime.decode import Prediction, decode_number, reading_order
-from runtime.submission import coco_results, csv_text, image_id_for, natural_key
+from digit_reader.runtime.decode import Prediction, decode_number, reading_order
+from digit_reader.runtime.submission import coco_results, csv_text, image_id_for, natural_key
 
 
 def test_threshold_sort_concatenate():

@@ -8,13 +8,13 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export import exporter, fp16, graph_rules, parity, samples
-from export.graph import DeployableDetector
-from export.tensorrt_engine import probe
-from runtime.modelcard import ModelCard, card_for
-from runtime.ort_backend import OrtBackend
-from train import checkpoint
-from train.hw2 import load_split
+from digit_reader.export import exporter, fp16, graph_rules, parity, samples
+from digit_reader.export.graph import DeployableDetector
+from digit_reader.export.tensorrt_engine import probe
+from digit_reader.runtime.modelcard import ModelCard, card_for
+from digit_reader.runtime.ort_backend import OrtBackend
+from digit_reader.train import checkpoint
+from digit_reader.train.hw2 import load_split
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,7 @@ def test_model_json_round_trips_and_describes_the_files(export_dir, nano_run):
     assert card.inputs[0] == {"name": "images", "dtype": "uint8", "shape": ["batch", 3, 64, 128]}
     assert entry["precision"] == "fp32" and card.files["model.fp16.onnx"]["precision"] == "fp16"
     assert card.source_checkpoint["path"].endswith("best.pt")
-    from runtime.modelcard import sha256_of
+    from digit_reader.runtime.modelcard import sha256_of
 
     assert card.source_checkpoint["sha256"] == sha256_of(nano_run / "best.pt")
     assert card.opset == 18 and {"torch", "onnx", "onnxruntime"} <= set(card.versions)
@@ -210,7 +210,7 @@ def test_without_tensorrt_the_export_says_why_and_exits_0(export_result):
 def test_engine_flag_makes_the_engine_mandatory_and_fails_fast(nano_run, tmp_path):
     from click.testing import CliRunner
 
-    from export.cli import main
+    from digit_reader.export.cli import main
 
     result = CliRunner().invoke(main, [str(nano_run / "best.pt"), "--engine", "-o", str(tmp_path)])
     assert result.exit_code == 1
@@ -226,7 +226,7 @@ def test_engine_flag_makes_the_engine_mandatory_and_fails_fast(nano_run, tmp_pat
 def test_engines_build_and_pass_the_gate(nano_run, tmp_path):
     from click.testing import CliRunner
 
-    from export.cli import main
+    from digit_reader.export.cli import main
 
     result = CliRunner().invoke(main, [str(nano_run), "--fp16", "--engine", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output

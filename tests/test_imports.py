@@ -1,8 +1,10 @@
-"""Dependency direction runtime <- train <- export, and a runtime that works with torch absent."""
+"""One installed name (`digit_reader`), the dependency direction runtime <- data <- train <-
+export, and a runtime that works with torch absent."""
 
 import ast
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+PKG = "digit_reader"
+# folder -> names its modules must never import (anywhere, including inside functions)
 FORBIDDEN = {
     "runtime": {"torch", "torchvision", "train", "export", "benchmarks"},
     "train": {"export", "benchmarks"},
@@ -18,20 +22,31 @@ FORBIDDEN = {
 
 
 def imported_modules(path: Path) -> set[str]:
-    """Top-level names of every import in the file, including ones inside functions."""
-    names = set()
+    """Names of every import in the file, including ones inside functions: the top-level name,
+    or for digit_reader's own modules the part below it (`digit_reader.train.x` -> `train`)."""
+    found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
+            modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+            modules = [node.module]
+            if node.module == PKG:  # from digit_reader import runtime
+                modules = [f"{PKG}.{a.name}" for a in node.names]
+        else:
+            continue
+        for m in modules:
+            parts = m.split(".")
+            found.add(parts[1] if parts[0] == PKG and len(parts) > 1 else parts[0])
+    return found
 
 
-def test_import_walker_sees_nested_imports(tmp_path):
+def test_import_walker_sees_nested_and_own_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import os.path\ndef g():\n    from torch.nn import Linear\n    import export.x\n")
-    assert imported_modules(f) == {"os", "torch", "export"}
+    f.write_text(
+        "import os.path\ndef g():\n    from torch.nn import Linear\n"
+        "    import digit_reader.export.x\n    from digit_reader import benchmarks\n"
+    )
+    assert imported_modules(f) == {"os", "torch", "export", "benchmarks"}
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
@@ -46,25 +61,69 @@ def test_import_direction(package):
     assert not bad, sorted(bad)
 
 
+def test_no_module_imports_the_old_top_level_names():
+    """Every import of our own code goes through digit_reader: `import runtime` would find an
+    unrelated PyPI project, or a user's own runtime/ folder."""
+    own = {"runtime", "train", "export", "benchmarks"}
+    bad = [
+        f"{f.relative_to(ROOT)} imports {m}"
+        for folder in (*own, "tests")
+        for f in sorted((ROOT / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for m in (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        )
+        if getattr(node, "level", 0) == 0 and m.split(".")[0] in own
+    ]
+    assert not bad, bad
+
+
+@pytest.mark.slow
+def test_wheel_installs_one_top_level_name(tmp_path):
+    """The built wheel holds digit_reader/ (and its dist-info) and nothing else at the top."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("digit_reader-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {PKG}
+    for part in ("runtime", "train", "export", "benchmarks"):
+        assert f"{PKG}/{part}/__init__.py" in names
+    assert f"{PKG}/train/assets/svhn_layouts.json" in names
+    assert f"{PKG}/export/assets/tensorrt_ops.txt" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "digit-read = digit_reader.runtime.cli:main" in scripts
+
+
 def test_runtime_imports_and_reads_an_image_without_torch(tmp_path):
     image = tmp_path / "7.png"
     Image.fromarray(np.full((12, 20, 3), (200, 10, 30), np.uint8)).save(image)
     code = f"""
 import importlib, pkgutil, sys
-for name in ("torch", "torchvision", "train", "export"):
+for name in ("torch", "torchvision", "digit_reader.train", "digit_reader.export"):
     sys.modules[name] = None  # any `import torch` now raises ImportError
-import runtime
-mods = [m.name for m in pkgutil.iter_modules(runtime.__path__, "runtime.")]
+import digit_reader.runtime as runtime
+mods = [m.name for m in pkgutil.iter_modules(runtime.__path__, "digit_reader.runtime.")]
 for m in mods:
-    importlib.import_module(m)
-from runtime.preprocess import load_canvas
+    if m.rsplit(".", 1)[1] not in runtime.OPTIONAL_BACKENDS:
+        importlib.import_module(m)
+from digit_reader.runtime.preprocess import load_canvas
 chw, scale, wh = load_canvas({str(image)!r}, (24, 24))
 print(len(mods), chw.shape, chw[:, 0, 0].tolist(), scale, wh)
-loaded = [m for m, mod in sys.modules.items() if mod and m.split(".")[0] in ("torch", "train")]
+loaded = [m for m, mod in sys.modules.items() if mod and m.split(".")[0] == "torch"]
+loaded += [m for m, mod in sys.modules.items() if mod and m.startswith("digit_reader.train")]
 assert not loaded, loaded
 """
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )
     assert result.returncode == 0, result.stderr
     n_modules, rest = result.stdout.split(" ", 1)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from export.parity import Dets, compare, measure
+from digit_reader.export.parity import Dets, compare, measure
 
 
 def _dets(boxes, scores, digits):

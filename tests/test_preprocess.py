@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.errors import ImageError
-from runtime.preprocess import (
+from digit_reader.runtime.errors import ImageError
+from digit_reader.runtime.preprocess import (
     boxes_from_canvas,
     boxes_to_canvas,
     letterbox,

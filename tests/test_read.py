@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from runtime.cli import main
-from runtime.reader import Reader
-from train import checkpoint, evaluate, presets
-from train.hw2 import load_split
+from digit_reader.runtime.cli import main
+from digit_reader.runtime.reader import Reader
+from digit_reader.train import checkpoint, evaluate, presets
+from digit_reader.train.hw2 import load_split
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_reads_without_torch_in_a_subprocess(export_dir, synth_root):
 import sys
 for name in ("torch", "torchvision", "train", "export"):
     sys.modules[name] = None  # `import torch` now raises ImportError
-from runtime.cli import main
+from digit_reader.runtime.cli import main
 sys.argv = ["digit-read", {str(synth_root / "test")!r}, "--model", {str(export_dir)!r}]
 try:
     main()
@@ -180,8 +180,8 @@ def test_threshold_option_and_fp16_model(export_dir, synth_root):
 
 
 def test_a_model_trained_on_sharpened_inputs_is_read_sharpened(export_dir, test_images, tmp_path):
-    from runtime.modelcard import ModelCard
-    from runtime.preprocess import load_canvas
+    from digit_reader.runtime.modelcard import ModelCard
+    from digit_reader.runtime.preprocess import load_canvas
 
     sharp = tmp_path / "sharp"
     shutil.copytree(export_dir, sharp)

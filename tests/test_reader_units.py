@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from runtime.cli import collect_inputs
-from runtime.errors import UserError
-from runtime.modelcard import ModelCard, card_for
-from runtime.ort_backend import choose_providers
-from runtime.reader import resolve_model
-from runtime.trt_backend import engine_mismatch
+from digit_reader.runtime.cli import collect_inputs
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import ModelCard, card_for
+from digit_reader.runtime.ort_backend import choose_providers
+from digit_reader.runtime.reader import resolve_model
+from digit_reader.runtime.trt_backend import engine_mismatch
 
 
 def _card(tmp_path, payload=b"onnx bytes"):

@@ -4,8 +4,13 @@ import enum
 
 import pytest
 
-from export.tensorrt_engine import BatchProfile, network_flags, parser_errors, why_no_engine
-from runtime.errors import UserError
+from digit_reader.export.tensorrt_engine import (
+    BatchProfile,
+    network_flags,
+    parser_errors,
+    why_no_engine,
+)
+from digit_reader.runtime.errors import UserError
 
 
 def test_engine_is_skipped_with_the_reason():

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.errors import UserError
-from runtime.preprocess import letterbox, open_rgb
-from train import checkpoint, presets, transforms
-from train.dataset import DigitDataset, epoch_batches
-from train.hw2 import CocoWriter, load_split
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.preprocess import letterbox, open_rgb
+from digit_reader.train import checkpoint, presets, transforms
+from digit_reader.train.dataset import DigitDataset, epoch_batches
+from digit_reader.train.hw2 import CocoWriter, load_split
 
 
 def _image(rng) -> tuple[np.ndarray, np.ndarray]:

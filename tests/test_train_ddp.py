@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from train import checkpoint, evaluate, presets
-from train.hw2 import load_split
-from train.synth import synthesize
+from digit_reader.train import checkpoint, evaluate, presets
+from digit_reader.train.hw2 import load_split
+from digit_reader.train.synth import synthesize
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_torchrun_two_gloo_processes(tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "train.cli",
+        "digit_reader.train",
         *("--data", str(data), "--out", str(run), "--preset", "nano", "--device", "cpu"),
         *("--epochs", "2", "--quiet"),
     ]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from train import checkpoint, engine, presets
-from train.cli import main
-from train.synth import synthesize
+from digit_reader.train import checkpoint, engine, presets
+from digit_reader.train.cli import main
+from digit_reader.train.synth import synthesize
 
 pytestmark = pytest.mark.slow
 ARGS = ["--preset", "nano", "--device", "cpu", "--epochs", "2", "--quiet", "--seed", "3"]
@@ -73,7 +73,7 @@ def test_short_run_lowers_loss_and_writes_every_output(straight, data):
 def test_ctrl_c_saves_last_and_resume_continues_exactly(straight, data, tmp_path):
     ref, _ = straight
     run = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "train.cli", "--data", str(data), "--out", str(run), *ARGS]
+    cmd = [sys.executable, "-m", "digit_reader.train", "--data", str(data), "--out", str(run), *ARGS]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120

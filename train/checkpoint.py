@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from runtime import atomic
-from runtime.errors import UserError
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
 
 FORMAT = "digit-reader/checkpoint@1"
 BEST, LAST = "best.pt", "last.pt"
@@ -54,7 +54,7 @@ def checkpoint_path(path_or_run_dir: str | Path, name: str = BEST) -> Path:
 
 def load_model(path_or_run_dir: str | Path, device="cpu"):
     """(model in eval mode on `device`, ModelConfig) from a checkpoint or a run directory."""
-    from train.model import ModelConfig, build_model
+    from digit_reader.train.model import ModelConfig, build_model
 
     path = checkpoint_path(path_or_run_dir)
     state = load_checkpoint(path)

@@ -1,6 +1,6 @@
 """`digit-train`: the seed report's experiments from the command line, on CUDA or the CPU.
 
-Works under torchrun as is: `torchrun --nproc_per_node=N -m train.cli ...` (or the
+Works under torchrun as is: `torchrun --nproc_per_node=N -m digit_reader.train ...` (or the
 `digit-train` script) trains with DistributedDataParallel, rank 0 logging and writing.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from runtime.errors import UserError
-from train.presets import PRESET_NAMES
+from digit_reader.runtime.errors import UserError
+from digit_reader.train.presets import PRESET_NAMES
 
 RESUMABLE = {"resume", "epochs", "device", "workers", "data", "threads", "quiet"}
 
@@ -99,7 +99,7 @@ def _threads(opts) -> None:
 
 
 def run(ctx, opts) -> dict | None:
-    from train import engine
+    from digit_reader.train import engine
 
     _threads(opts)
     if opts["resume"] is not None:
@@ -112,7 +112,7 @@ def run(ctx, opts) -> dict | None:
 
 
 def _new_spec(opts):
-    from train import engine, model, presets
+    from digit_reader.train import engine, model, presets
 
     if opts["data"] is None:
         raise UserError("--data ROOT is required (an HW2-layout data set), or --resume RUN")
@@ -146,7 +146,7 @@ def _new_spec(opts):
 
 
 def _resume_spec(ctx, opts):
-    from train import engine, model, presets
+    from digit_reader.train import engine, model, presets
 
     run_dir = opts["resume"]
     bad = sorted(k for k in opts if k not in RESUMABLE and _given(ctx, k))

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from runtime.errors import UserError
+from digit_reader.runtime.errors import UserError
 
 
 def _err(message: str) -> None:
@@ -39,7 +39,7 @@ def main():
 
 
 def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
-    from train.stats import dataset_stats, format_stats
+    from digit_reader.train.stats import dataset_stats, format_stats
 
     stats = dataset_stats(root, verify_images=verify, log=_err)
     click.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
@@ -64,7 +64,7 @@ def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
 def synth(out, n_train, n_valid, n_test, seed, difficulty, workers, overwrite, as_json):
     """Synthesize SVHN-like house numbers (deterministic by seed) into ROOT, then summarize."""
     try:
-        from train.synth import synthesize
+        from digit_reader.train.synth import synthesize
     except ImportError as e:
         raise UserError(f"the synthetic data generator is not available ({e})") from None
     counts = {s: n for s, n in (("train", n_train), ("valid", n_valid), ("test", n_test)) if n}
@@ -106,7 +106,7 @@ def convert_svhn_cmd(src, out, seed, valid_fraction, overwrite, as_json):
     digitStruct.mat) into ROOT: train (+extra) split into train/valid by seed, test kept as test
     with its test.json. Images are hard-linked when possible, else copied.
     """
-    from train.svhn_mat import convert_svhn
+    from digit_reader.train.svhn_mat import convert_svhn
 
     report = convert_svhn(src, out, seed, valid_fraction, overwrite=overwrite, log=_err)
     for line in report.warnings:

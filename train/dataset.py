@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.preprocess import boxes_to_canvas, letterbox, open_rgb, sharpened
-from train import transforms
-from train.hw2 import Sample
+from digit_reader.runtime.preprocess import boxes_to_canvas, letterbox, open_rgb, sharpened
+from digit_reader.train import transforms
+from digit_reader.train.hw2 import Sample
 
 
 class DigitDataset(Dataset):

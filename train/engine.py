@@ -21,12 +21,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from runtime import atomic
-from runtime.errors import UserError
-from train import checkpoint, distributed, evaluate, plots, presets
-from train.dataset import DigitDataset, collate, epoch_batches, to_model_input
-from train.hw2 import LoadReport, load_split
-from train.model import ModelConfig, build_model
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
+from digit_reader.train import checkpoint, distributed, evaluate, plots, presets
+from digit_reader.train.dataset import DigitDataset, collate, epoch_batches, to_model_input
+from digit_reader.train.hw2 import LoadReport, load_split
+from digit_reader.train.model import ModelConfig, build_model
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime import atomic
-from runtime.decode import DEFAULT_THRESHOLD, decode_number
-from runtime.preprocess import boxes_from_canvas
-from runtime.submission import coco_results, csv_text
-from train import distributed
-from train.hw2 import CATEGORIES, Sample
+from digit_reader.runtime import atomic
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
+from digit_reader.runtime.preprocess import boxes_from_canvas
+from digit_reader.runtime.submission import coco_results, csv_text
+from digit_reader.train import distributed
+from digit_reader.train.hw2 import CATEGORIES, Sample
 
 
 @dataclass
@@ -61,7 +61,7 @@ def predict(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from train.dataset import DigitDataset, collate, to_model_input
+    from digit_reader.train.dataset import DigitDataset, collate, to_model_input
 
     info = info or distributed.DistInfo()
     dataset = DigitDataset(samples, canvas, tcfg, train=False)

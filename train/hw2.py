@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import atomic
-from runtime.decode import decode_number
-from runtime.errors import UserError
+from digit_reader.runtime import atomic
+from digit_reader.runtime.decode import decode_number
+from digit_reader.runtime.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]
@@ -201,8 +201,8 @@ def _check_categories(json_path: Path, categories) -> None:
 
 
 def _verify(where: str, path: Path, size_wh: tuple[int, int] | None):
-    from runtime.errors import ImageError
-    from runtime.preprocess import open_rgb
+    from digit_reader.runtime.errors import ImageError
+    from digit_reader.runtime.preprocess import open_rgb
 
     try:
         rgb = open_rgb(path)
@@ -217,8 +217,8 @@ def _verify(where: str, path: Path, size_wh: tuple[int, int] | None):
 
 
 def _unlabelled(image_dir: Path, verify_images: bool = False) -> list[Sample]:
-    from runtime.preprocess import is_image_path
-    from runtime.submission import image_id_for, natural_key
+    from digit_reader.runtime.preprocess import is_image_path
+    from digit_reader.runtime.submission import image_id_for, natural_key
 
     out = []
     for path in sorted((p for p in image_dir.iterdir() if is_image_path(p)), key=natural_key):

@@ -23,8 +23,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from runtime import atomic
-from runtime.errors import UserError
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
 
 ASSET = Path(__file__).parent / "assets" / "svhn_layouts.json"
 SUBSAMPLE = 6000  # layouts kept; 5- and 6-digit ones are all kept on top of the proportional share

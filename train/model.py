@@ -25,7 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from runtime.errors import UserError
+from digit_reader.runtime.errors import UserError
 
 RESNETS = ("resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 BACKBONES = (*RESNETS, "nano")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import atomic
+from digit_reader.runtime import atomic
 
 FIGURES = {
     "fig1_lr.png": "Fig. 1: learning rate",

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from runtime.errors import UserError
-from train.model import (
+from digit_reader.runtime.errors import UserError
+from digit_reader.train.model import (
     REPORT_ANCHOR_SIZES,
     REPORT_ASPECT_RATIOS,
     TORCHVISION_ANCHOR_SIZES,

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from runtime import atomic
-from runtime.errors import UserError
-from train import layouts as layouts_mod
-from train.hw2 import CATEGORIES, SPLITS, CocoWriter
+from digit_reader.runtime import atomic
+from digit_reader.runtime.errors import UserError
+from digit_reader.train import layouts as layouts_mod
+from digit_reader.train.hw2 import CATEGORIES, SPLITS, CocoWriter
 
 SYNTH_VERSION = "svhn-like-1"
 
