@@ -24,7 +24,11 @@ CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 @cache
 def tensorrt_ops() -> frozenset[str]:
-    text = resources.files("digit_reader.export").joinpath("assets/tensorrt_ops.txt").read_text("utf-8")
+    text = (
+        resources.files("digit_reader.export")
+        .joinpath("assets/tensorrt_ops.txt")
+        .read_text("utf-8")
+    )
     return frozenset(
         line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
     )

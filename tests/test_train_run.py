@@ -73,7 +73,16 @@ def test_short_run_lowers_loss_and_writes_every_output(straight, data):
 def test_ctrl_c_saves_last_and_resume_continues_exactly(straight, data, tmp_path):
     ref, _ = straight
     run = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "digit_reader.train", "--data", str(data), "--out", str(run), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "digit_reader.train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *ARGS,
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120
