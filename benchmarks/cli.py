@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.command import Group
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -24,18 +24,14 @@ def _batches(ctx, param, value: str) -> list[int]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group)
 def main():
     """Parity and latency benchmarks of exported models."""
 
 
 def _exit(fn, *args) -> None:
-    try:
-        code = fn(*args)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        code = e.code
-    sys.exit(code)
+    """Run a benchmark's main; its return value is the exit code (1: parity failed)."""
+    sys.exit(fn(*args))
 
 
 @main.command()

@@ -20,11 +20,11 @@ from digit_reader.benchmarks.forms import exported_forms
 from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.export import parity
-from digit_reader.export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.export.defaults import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import Reader
-from digit_reader.train import checkpoint, evaluate, presets
+from digit_reader.train import checkpoint, config, evaluate
 from digit_reader.train.hw2 import load_split
 
 HEADERS = [
@@ -55,7 +55,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
         raise UserError(
             f"{export_dir} was exported at canvas {card.canvas}, {ckpt} uses {cfg.canvas}"
         )
-    tcfg = presets.TrainConfig(sharpen=bool(cfg.extra.get("sharpen")), amp=False)
+    tcfg = config.TrainConfig(sharpen=bool(cfg.extra.get("sharpen")), amp=False)
     _log(f"parity: PyTorch eager on {len(samples)} {split} images")
     ref = evaluate.predict(model, samples, cfg.canvas, tcfg, torch.device(device))
     names = [s.path.name for s in samples]

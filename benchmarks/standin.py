@@ -26,8 +26,9 @@ import torch
 
 from digit_reader.export import samples
 from digit_reader.runtime import atomic
-from digit_reader.train import checkpoint, presets
-from digit_reader.train.model import ModelConfig, build_model
+from digit_reader.train import checkpoint
+from digit_reader.train.config import ModelConfig, TrainConfig
+from digit_reader.train.model import build_model
 
 NOTE = "stand-in weights: random init, BatchNorm statistics of synthetic canvases; reads no digits"
 
@@ -64,7 +65,7 @@ def make(out: Path, cfg: ModelConfig, data: Path | None, images: int, seed: int)
         {
             "model": frozen.state_dict(),
             "model_config": cfg.to_dict(),
-            "train_config": presets.TrainConfig().to_dict(),
+            "train_config": TrainConfig().to_dict(),
             "step": 0,
             "epoch": 0,
             "best": None,

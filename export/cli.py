@@ -7,26 +7,31 @@ met, 2 usage.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from digit_reader.runtime.errors import UserError
+from digit_reader.export.defaults import FP16_MIN_AGREEMENT, OPSET, PARITY_IMAGES, WORKSPACE_GIB
+from digit_reader.export.tensorrt_engine import BatchProfile
+from digit_reader.runtime.command import Command
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--out", "-o", type=click.Path(path_type=Path), help="Output directory [default: RUN/export]."
 )
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (and its engine).")
 @click.option("--engine", is_flag=True, help="Fail unless the TensorRT engine(s) get built.")
-@click.option("--min-batch", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--opt-batch", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--min-batch", default=BatchProfile.min, show_default=True, type=click.IntRange(1))
+@click.option("--opt-batch", default=BatchProfile.opt, show_default=True, type=click.IntRange(1))
+@click.option("--max-batch", default=BatchProfile.max, show_default=True, type=click.IntRange(1))
 @click.option(
-    "--workspace", default=4.0, show_default=True, type=float, help="TensorRT workspace, GiB."
+    "--workspace",
+    default=WORKSPACE_GIB,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="TensorRT workspace, GiB.",
 )
 @click.option(
     "--timing-cache",
@@ -35,14 +40,14 @@ from digit_reader.runtime.errors import UserError
 )
 @click.option(
     "--parity-images",
-    default=32,
+    default=PARITY_IMAGES,
     show_default=True,
     type=click.IntRange(1),
     help="Images the exported graphs must read as the eager model does.",
 )
 @click.option(
     "--fp16-min-agreement",
-    default=0.99,
+    default=FP16_MIN_AGREEMENT,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Share of images the fp16 forms must read as the eager model does.",
@@ -59,7 +64,7 @@ from digit_reader.runtime.errors import UserError
     show_default=True,
     help="Where the parity gate runs PyTorch and ONNX Runtime.",
 )
-@click.option("--opset", default=18, show_default=True, type=click.IntRange(16, 21))
+@click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(16, 21))
 def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, **rest):
     """Export a digit-train run (or checkpoint) to ONNX and TensorRT.
 
@@ -68,7 +73,6 @@ def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, 
     NVIDIA GPU are present, and model.json, which digit-read needs beside them.
     """
     from digit_reader.export.exporter import ExportOptions, run
-    from digit_reader.export.tensorrt_engine import BatchProfile
 
     opts = ExportOptions(
         source=source,
@@ -79,11 +83,7 @@ def main(source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, 
         workspace_gib=workspace,
         **rest,
     )
-    try:
-        summary = run(opts)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.code)
+    summary = run(opts)
     click.echo(format_summary(summary))
 
 

@@ -19,9 +19,16 @@ import onnx
 import torch
 
 from digit_reader.export import fp16, graph_rules, parity, samples
+from digit_reader.export.defaults import (
+    BOX_TOL_PX,
+    FP16_MIN_AGREEMENT,
+    OPSET,
+    PARITY_IMAGES,
+    SCORE_TOL,
+    WORKSPACE_GIB,
+)
 from digit_reader.export.graph import DeployableDetector
-from digit_reader.export.onnx_export import OPSET, export_onnx
-from digit_reader.export.parity import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
@@ -41,9 +48,9 @@ class ExportOptions:
     fp16: bool = False
     engine: bool = False  # an engine is mandatory (fail where none can be built)
     profile: BatchProfile = field(default_factory=BatchProfile)
-    workspace_gib: float = 4.0
+    workspace_gib: float = WORKSPACE_GIB
     timing_cache: Path | None = None
-    parity_images: int = 32
+    parity_images: int = PARITY_IMAGES
     fp16_min_agreement: float = FP16_MIN_AGREEMENT
     data: Path | None = None  # images for the gate; default the run's own data, else synthetic
     device: str = "cpu"  # where the gate runs the eager model and ONNX Runtime

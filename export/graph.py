@@ -31,7 +31,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import roi_align
 
 from digit_reader.export.nms import REMOVED, nms_keep
-from digit_reader.train.model import ModelConfig
+from digit_reader.train.config import ModelConfig
 
 # torchvision's fixed settings (models/detection/rpn.py, roi_heads.py, _utils.BoxCoder)
 RPN_MIN_SIZE = 1e-3

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from digit_reader.export.defaults import OPSET
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.nms import ONNX_TRANSLATIONS
 from digit_reader.runtime import atomic
 from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
 
-OPSET = 18  # RoiAlign's coordinate_transformation_mode needs >= 16; TensorRT 10 parses 18
 MAX_BATCH = 1024  # upper bound torch.export may assume for the batch axis
 
 

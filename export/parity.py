@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from digit_reader.export.defaults import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
 
 MATCH_IOU = 0.5
-# The rule every exported form is held to (export gate and digit-bench parity)
-BOX_TOL_PX = 0.5  # fp32: matched boxes within half a pixel
-SCORE_TOL = 1e-3
-FP16_MIN_AGREEMENT = 0.99  # fp16: share of images with the eager model's number
 MATCH_EMPTY_PX = 0.5  # empty boxes: the same place within this many pixels
 
 

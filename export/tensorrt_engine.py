@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from digit_reader.export.defaults import WORKSPACE_GIB
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import INPUT_NAME
@@ -100,7 +101,7 @@ def build_engine(
     engine_path: Path,
     canvas: tuple[int, int],
     profile: BatchProfile,
-    workspace_gib: float = 4.0,
+    workspace_gib: float = WORKSPACE_GIB,
     timing_cache: Path | None = None,
     log=print,
 ) -> None:

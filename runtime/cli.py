@@ -14,8 +14,10 @@ from pathlib import Path
 import click
 
 from digit_reader.runtime import atomic
-from digit_reader.runtime.errors import ImageError, UserError
+from digit_reader.runtime.command import Command
+from digit_reader.runtime.errors import ImageError
 from digit_reader.runtime.preprocess import is_image_path
+from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
 from digit_reader.runtime.submission import CSV_HEADER, coco_results, image_id_for, natural_key
 
 
@@ -38,7 +40,7 @@ def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option(
     "--model",
@@ -46,7 +48,9 @@ def _err(message: str) -> None:
     type=click.Path(),
     help="model.onnx / model.engine or export dir [default: $DIGIT_MODEL]",
 )
-@click.option("--batch-size", "-b", default=8, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch-size", "-b", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1)
+)
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
@@ -63,7 +67,7 @@ def _err(message: str) -> None:
 )
 @click.option(
     "--workers",
-    default=2,
+    default=DEFAULT_WORKERS,
     show_default=True,
     type=click.IntRange(1),
     help="threads that decode and letterbox images ahead of the model",
@@ -77,15 +81,11 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
     """
     if not paths:
         raise click.UsageError("no inputs: give image files or directories")
-    try:
-        from digit_reader.runtime.reader import Reader
+    from digit_reader.runtime.reader import Reader
 
-        reader = Reader(
-            model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
-        )
-    except UserError as e:
-        _err(f"error: {e}")
-        sys.exit(e.code)
+    reader = Reader(
+        model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
+    )
     files, failures = collect_inputs(paths)
     for message in failures:
         _err(f"error: {message}")

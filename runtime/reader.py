@@ -22,6 +22,7 @@ from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
 
 DEFAULT_BATCH = 8
+DEFAULT_WORKERS = 2  # threads decoding and letterboxing ahead of the model
 _END = object()
 
 
@@ -104,7 +105,7 @@ class Reader:
         device: str = "auto",
         batch_size: int = DEFAULT_BATCH,
         threshold: float | None = None,
-        workers: int = 2,
+        workers: int = DEFAULT_WORKERS,
     ):
         self.path = resolve_model(model, device)
         self.card, entry = card_for(self.path)

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.runtime import atomic
-
 CSV_HEADER = ("image_id", "pred_label")
 
 
@@ -36,10 +34,6 @@ def csv_text(rows: Iterable[tuple[int | str, str]]) -> str:
     for image_id, label in rows:
         writer.writerow((image_id, label))
     return buf.getvalue()
-
-
-def write_pred_csv(path, rows: Iterable[tuple[int | str, str]]) -> None:
-    atomic.write_text(path, csv_text(rows))
 
 
 def coco_results(image_id: int | str, boxes_xyxy, scores, digits) -> list[dict]:

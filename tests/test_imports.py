@@ -2,6 +2,7 @@
 export, and a runtime that works with torch absent."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -82,9 +83,21 @@ def test_no_module_imports_the_old_top_level_names():
 @pytest.mark.slow
 def test_wheel_installs_one_top_level_name(tmp_path):
     """The built wheel holds digit_reader/ (and its dist-info) and nothing else at the top."""
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info into the tree
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(ROOT)],
+        + ["-w", str(tmp_path), str(src)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -129,3 +142,25 @@ assert not loaded, loaded
     n_modules, rest = result.stdout.split(" ", 1)
     assert int(n_modules) >= 5  # preprocess, decode, submission, reader, cli, ...
     assert rest.strip() == "(3, 24, 24) [200, 10, 30] 1.2 (20, 12)"
+
+
+@pytest.mark.parametrize(
+    "module", ["runtime.cli", "train.cli", "train.data_cli", "export.cli", "benchmarks.cli"]
+)
+def test_cli_help_imports_no_torch(module):
+    """`--help` (and click's option parsing) starts without torch: presets, backbones and every
+    default come from torch-free modules."""
+    code = f"""
+import sys
+from click.testing import CliRunner
+from digit_reader.{module} import main
+result = CliRunner().invoke(main, ["--help"])
+assert result.exit_code == 0, result.output
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "onnx"))
+print(heavy[:5])
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from digit_reader.runtime.cli import main
 from digit_reader.runtime.reader import Reader
-from digit_reader.train import checkpoint, evaluate, presets
+from digit_reader.train import checkpoint, config, evaluate
 from digit_reader.train.hw2 import load_split
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def eager_numbers(nano_run, synth_root):
     """The training-side evaluation of the same model (PyTorch eager, original pixels)."""
     model, cfg = checkpoint.load_model(nano_run)
     samples = load_split(synth_root, "valid") + load_split(synth_root, "test")
-    dets = evaluate.predict(model, samples, cfg.canvas, presets.TrainConfig(), torch.device("cpu"))
+    dets = evaluate.predict(model, samples, cfg.canvas, config.TrainConfig(), torch.device("cpu"))
     return {s.path: d for s, d in zip(samples, dets, strict=True)}
 
 

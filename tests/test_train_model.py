@@ -7,7 +7,8 @@ import torch
 
 from digit_reader.runtime.errors import UserError
 from digit_reader.train import presets
-from digit_reader.train.model import ModelConfig, build_model, resolve_backbone_weights
+from digit_reader.train.config import ModelConfig
+from digit_reader.train.model import build_model, resolve_backbone_weights
 
 
 def test_seed_model_has_report_anchors_and_11_classes():

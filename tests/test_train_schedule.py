@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from digit_reader.train.config import TrainConfig
 from digit_reader.train.engine import make_optimizer, make_scheduler
-from digit_reader.train.presets import TrainConfig
 
 
 def closed_form(step: int, lr: float = 5e-5, t0: int = 10_000, t_mult: int = 2) -> float:

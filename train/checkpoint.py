@@ -54,7 +54,8 @@ def checkpoint_path(path_or_run_dir: str | Path, name: str = BEST) -> Path:
 
 def load_model(path_or_run_dir: str | Path, device="cpu"):
     """(model in eval mode on `device`, ModelConfig) from a checkpoint or a run directory."""
-    from digit_reader.train.model import ModelConfig, build_model
+    from digit_reader.train.config import ModelConfig
+    from digit_reader.train.model import build_model
 
     path = checkpoint_path(path_or_run_dir)
     state = load_checkpoint(path)

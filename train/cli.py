@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import click
 
+from digit_reader.runtime.command import Command
 from digit_reader.runtime.errors import UserError
+from digit_reader.train.config import BACKBONES
 from digit_reader.train.presets import PRESET_NAMES
 
 RESUMABLE = {"resume", "epochs", "device", "workers", "data", "threads", "quiet"}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.option("--data", "data", type=click.Path(path_type=Path), help="HW2-layout data root.")
 @click.option(
     "--out",
@@ -36,7 +37,7 @@ RESUMABLE = {"resume", "epochs", "device", "workers", "data", "threads", "quiet"
 )
 @click.option(
     "--backbone",
-    type=click.Choice(["resnet101", "resnet50", "resnext50_32x4d", "resnext101_32x8d", "nano"]),
+    type=click.Choice(BACKBONES),
     help="Swap the backbone (the report's Table 4).",
 )
 @click.option("--sharpen", is_flag=True, help="PIL-sharpen every input image (Table 5).")
@@ -71,11 +72,7 @@ RESUMABLE = {"resume", "epochs", "device", "workers", "data", "threads", "quiet"
 @click.pass_context
 def main(ctx, **opts):
     """Train the Faster R-CNN digit reader; writes best.pt, last.pt, metrics and figures."""
-    try:
-        summary = run(ctx, opts)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(e.code)
+    summary = run(ctx, opts)
     if summary is not None:
         click.echo(format_summary(summary))
 
@@ -146,18 +143,19 @@ def _new_spec(opts):
 
 
 def _resume_spec(ctx, opts):
-    from digit_reader.train import engine, model, presets
+    from digit_reader.train import config, engine
 
     run_dir = opts["resume"]
     bad = sorted(k for k in opts if k not in RESUMABLE and _given(ctx, k))
     if bad:
         names = ", ".join("--" + k.replace("_", "-") for k in bad)
-        raise UserError(f"{names}: cannot change on --resume (only --epochs, --device, --data)")
+        allowed = ", ".join("--" + k.replace("_", "-") for k in sorted(RESUMABLE - {"resume"}))
+        raise UserError(f"{names}: cannot change on --resume (only {allowed})")
     cfg_path = run_dir / engine.CONFIG
     if not (run_dir / "last.pt").is_file() or not cfg_path.is_file():
         raise UserError(f"{run_dir}: not a run directory with last.pt and {engine.CONFIG}")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    tcfg = presets.TrainConfig.from_dict(cfg["train"])
+    tcfg = config.TrainConfig.from_dict(cfg["train"])
     if opts["epochs"] is not None:
         tcfg.epochs = opts["epochs"]
     if opts["workers"] is not None:
@@ -165,7 +163,7 @@ def _resume_spec(ctx, opts):
     return engine.RunSpec(
         run_dir=run_dir,
         data_root=opts["data"] or Path(cfg["data_root"]),
-        model=model.ModelConfig.from_dict(cfg["model"]),
+        model=config.ModelConfig.from_dict(cfg["model"]),
         train=tcfg,
         preset=cfg["preset"],
         device=opts["device"],

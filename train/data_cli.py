@@ -11,25 +11,14 @@ import sys
 
 import click
 
-from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.command import Group
 
 
 def _err(message: str) -> None:
     click.echo(message, err=True)
 
 
-class _Group(click.Group):
-    """Turns UserError (bad data, bad paths) into one line on stderr instead of a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            _err(f"error: {e}")
-            ctx.exit(e.code)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group)
 def main():
     """Make, convert and inspect house-number data sets in the HW2 layout.
 
@@ -63,10 +52,8 @@ def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def synth(out, n_train, n_valid, n_test, seed, difficulty, workers, overwrite, as_json):
     """Synthesize SVHN-like house numbers (deterministic by seed) into ROOT, then summarize."""
-    try:
-        from digit_reader.train.synth import synthesize
-    except ImportError as e:
-        raise UserError(f"the synthetic data generator is not available ({e})") from None
+    from digit_reader.train.synth import synthesize
+
     counts = {s: n for s, n in (("train", n_train), ("valid", n_valid), ("test", n_test)) if n}
     if not counts:
         raise click.UsageError("nothing to make: give --train, --valid and/or --test counts")

@@ -24,9 +24,10 @@ from tqdm import tqdm
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
 from digit_reader.train import checkpoint, distributed, evaluate, plots, presets
+from digit_reader.train.config import ModelConfig, TrainConfig
 from digit_reader.train.dataset import DigitDataset, collate, epoch_batches, to_model_input
 from digit_reader.train.hw2 import LoadReport, load_split
-from digit_reader.train.model import ModelConfig, build_model
+from digit_reader.train.model import build_model
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -51,7 +52,7 @@ class RunSpec:
     run_dir: Path
     data_root: Path
     model: ModelConfig
-    train: presets.TrainConfig
+    train: TrainConfig
     preset: str = "all"
     device: str = "cpu"
     backbone_weights: str | None = None  # file the backbone started from, None = scratch
@@ -68,12 +69,12 @@ class RunSpec:
         }
 
 
-def make_optimizer(model: torch.nn.Module, tcfg: presets.TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, tcfg: TrainConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
 
 
-def make_scheduler(optimizer, tcfg: presets.TrainConfig, total_steps: int):
+def make_scheduler(optimizer, tcfg: TrainConfig, total_steps: int):
     """CosineAnnealingWarmRestarts stepped per iteration (T_0 in steps), after optional warm-up.
 
     t0=None means a single cosine decay over the steps after the warm-up (no restart).

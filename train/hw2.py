@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,7 +261,3 @@ class CocoWriter:
     def save(self, path) -> None:
         coco = {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
         atomic.write_json(path, coco)
-
-
-def digit_count_histogram(samples: list[Sample]) -> Counter:
-    return Counter(len(s.digits) for s in samples)

@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from digit_reader.runtime import atomic
+from digit_reader.runtime.command import Command
 from digit_reader.runtime.errors import UserError
 
 ASSET = Path(__file__).parent / "assets" / "svhn_layouts.json"
@@ -122,16 +123,13 @@ def load(path: Path = ASSET) -> Layouts:
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=ASSET)
 @click.option("--subsample", type=int, default=SUBSAMPLE, show_default=True)
 def main(source: Path, out: Path, subsample: int) -> None:
     """Rebuild the compact layout table from SVHN train boxes (train_layouts.json)."""
-    try:
-        asset = build(source, subsample)
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
+    asset = build(source, subsample)
     text = json.dumps(asset, separators=(",", ":"))
     # one layout per line keeps the asset diffable
     text = text.replace("],[", "],\n[")

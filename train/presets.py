@@ -9,70 +9,15 @@ everything that costs time on a CPU (sampled RoIs, proposals, box-head width) cu
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 from digit_reader.runtime.errors import UserError
-from digit_reader.train.model import (
+from digit_reader.train.config import (
     REPORT_ANCHOR_SIZES,
     REPORT_ASPECT_RATIOS,
     TORCHVISION_ANCHOR_SIZES,
     TORCHVISION_ASPECT_RATIOS,
     ModelConfig,
+    TrainConfig,
 )
-
-
-@dataclass
-class TrainConfig:
-    """How the model is trained; defaults are the seed report's §2.2/§2.4."""
-
-    epochs: int = 20
-    batch_size: int = 8  # per process; the report's text says 8 (its table says 16)
-    lr: float = 5e-5
-    weight_decay: float = 0.01  # torch's AdamW default; the report names none
-    # CosineAnnealingWarmRestarts stepped every iteration; t0=None = one decay over the run
-    t0: int | None = 10_000
-    t_mult: int = 2
-    eta_min: float = 0.0
-    warmup_steps: int = 0  # linear warm-up before the cosine schedule (nano only)
-    grad_clip: float | None = None  # max gradient norm, None = no clipping
-    select: str = "accuracy"  # best checkpoint by valid "accuracy" (the report) or "map"
-    sharpen: bool = False  # PIL sharpening of every input image (the report's Table 5)
-    # label-true augmentation, applied to the original image before letterboxing
-    augment: bool = True
-    zoom: tuple[float, float] = (0.8, 1.25)  # frame size / image size (scale jitter)
-    aspect_jitter: float = 0.1  # frame width jitter relative to its height
-    shift: float = 0.1  # frame offset, as a fraction of the free space (small translation)
-    photometric: float = 0.3  # brightness/contrast/saturation strength
-    eval_batch_size: int = 8
-    workers: int | None = None  # DataLoader workers; None = 0 on CPU, 4 on CUDA
-    seed: int = 0
-    amp: bool = True  # mixed precision (CUDA only)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"train config: unknown field(s) {', '.join(unknown)}")
-        cfg = cls(**d)
-        cfg.zoom = tuple(float(v) for v in cfg.zoom)
-        return cfg
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        if self.select not in ("accuracy", "map"):
-            raise UserError(f"select must be 'accuracy' or 'map', got {self.select!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if self.t0 is not None and self.t0 < 1:
-            raise UserError(f"t0 must be a positive step count, got {self.t0}")
-
 
 # Overrides over the defaults above (the seed's final model), one small dict per experiment.
 PRESETS: dict[str, dict] = {

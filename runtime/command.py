@@ -1,0 +1,50 @@
+"""The one way every digit-reader CLI fails: a UserError becomes `error: <message>` on stderr
+and its exit code (1 bad input, 2 usage), never a traceback.
+
+Use `@click.command(cls=Command)` or `@click.group(cls=Group)`; both also accept -h.
+"""
+
+from __future__ import annotations
+
+import click
+
+from digit_reader.runtime.errors import UserError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+def report(e: UserError) -> int:
+    """Print a UserError as the CLIs do and return its exit code."""
+    click.echo(f"error: {e}", err=True)
+    return e.code
+
+
+class Command(click.Command):
+    """A click command whose UserErrors end the program with one line and their exit code."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            ctx.exit(report(e))
+
+
+class Group(click.Group):
+    """A click group whose subcommands and subgroups report UserErrors the same way."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def __init__(self, *args, **kwargs):
+        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            ctx.exit(report(e))
