@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO ?= demo
 
-.PHONY: install test demo lint
+.PHONY: install test demo lint gpu-check
 
 install: $(VENV)/.installed
 
@@ -40,3 +40,13 @@ demo: install
 	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.json)"
 	@echo "  HW2 submission  $(DEMO)/pred.csv $(DEMO)/pred.json"
 	@echo "  benchmarks      $(DEMO)/export/{parity,latency}.{json,md}"
+
+# On a machine with an NVIDIA GPU and PyPI: install the GPU extras into their own venv, then run
+# every GPU path (GPU tests, CUDA+AMP training and resume, engines, read, parity, latency) and
+# write gpu-check.md. Without a GPU it stops at once.
+GPU_VENV ?= .venv-gpu
+gpu-check:
+	$(if $(shell nvidia-smi -L 2>/dev/null),,$(error gpu-check: no NVIDIA GPU here (nvidia-smi lists none); run it on a machine with one))
+	python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q $(TORCH) -e '.[gpu,train,export,dev]'
+	$(GPU_VENV)/bin/python -m digit_reader.benchmarks.gpu_check --out gpu-check.md --work gpu-check

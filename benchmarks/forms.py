@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digit_reader.export.exporter import FILES
-from digit_reader.export.tensorrt_engine import probe, why_no_engine
+from digit_reader.export.tensorrt_engine import why_no_engine
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
+from digit_reader.runtime.trt_backend import probe
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Form:
 def exported_forms(export_dir: Path, device: str = "cpu") -> list[Form]:
     """ONNX Runtime fp32/fp16 and TensorRT fp32/fp16, in that order, each runnable or skipped."""
     card = ModelCard.load(export_dir / CARD_NAME)
-    no_trt = why_no_engine(*probe()[:2])
+    no_trt = why_no_engine(probe())
     if not no_trt and device == "cpu":
         no_trt = "TensorRT runs on CUDA only (--device cuda)"
     forms = []

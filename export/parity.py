@@ -32,6 +32,14 @@ class Dets:
         return decode_number(self.boxes, self.scores, self.digits, threshold)
 
 
+def fp32_reference() -> None:
+    """fp32 means fp32 on both sides of a parity check: no TF32 in the eager model's CUDA
+    convolutions (on by default in torch) and matrix products. ORT's CUDA provider gets
+    use_tf32=0 (runtime/ort_backend.py) and TensorRT engines are built without TF32."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def from_graph_outputs(out: dict[str, np.ndarray]) -> list[Dets]:
     """Split the graph's padded outputs (num_dets, boxes, scores, labels) per image."""
     dets = []

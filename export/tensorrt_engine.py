@@ -20,8 +20,7 @@ from digit_reader.export.defaults import WORKSPACE_GIB
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import INPUT_NAME
-
-MIN_TENSORRT_MAJOR = 10  # strongly typed networks, execute_async_v3, ROIAlign_TRT v2
+from digit_reader.runtime.trt_backend import GPU_EXTRA, TensorRTProbe
 
 
 @dataclass
@@ -45,18 +44,13 @@ class BatchProfile:
         return tuple((n, 3, h, w) for n in (self.min, self.opt, self.max))
 
 
-def why_no_engine(tensorrt_version: str | None, gpus: int | None) -> str | None:
-    """Why no engine can be built on this machine (one line), or None when it can."""
-    if tensorrt_version is None:
-        return "tensorrt is not installed (pip install 'digit-reader[gpu]' on an NVIDIA machine)"
-    major = int(tensorrt_version.split(".")[0])
-    if major < MIN_TENSORRT_MAJOR:
-        return f"TensorRT {tensorrt_version} is too old; digit-export needs TensorRT >= 10"
-    if gpus is None:
-        return "cuda-python is not installed, so no GPU can be used (pip install cuda-python)"
-    if gpus == 0:
-        return "no NVIDIA GPU is visible"
-    return None
+def why_no_engine(found: TensorRTProbe) -> str | None:
+    """Why no engine can be built on this machine (one line, with what to install), or None."""
+    if found.problem is None:
+        return None
+    if found.version is None or "cuda-python" in found.problem:
+        return f"{found.problem} ({GPU_EXTRA} on an NVIDIA machine)"
+    return found.problem
 
 
 def network_flags(flag_enum) -> int:
@@ -73,27 +67,6 @@ def parser_errors(parser) -> str:
         e = parser.get_error(i)
         lines.append(f"  node {e.node()} ({e.node_operator()} {e.node_name()!r}): {e.desc()}")
     return "\n".join(lines)
-
-
-def probe() -> tuple[str | None, int | None, str | None, str | None]:
-    """(tensorrt version, visible GPUs, first GPU's name, its compute capability) as found."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return None, None, None, None
-    from digit_reader.runtime.trt_backend import cuda_call, gpu_properties, import_cudart
-
-    try:
-        cudart = import_cudart()
-    except UserError:
-        return trt.__version__, None, None, None
-    try:
-        count = cuda_call(cudart.cudaGetDeviceCount())
-    except RuntimeError:  # no driver or no device
-        count = 0
-    if count == 0:
-        return trt.__version__, 0, None, None
-    return trt.__version__, count, *gpu_properties(cudart)
 
 
 def build_engine(

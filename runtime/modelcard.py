@@ -44,6 +44,7 @@ class ModelCard:
     source_checkpoint: dict = field(default_factory=dict)  # {path, sha256}
     versions: dict = field(default_factory=dict)
     engine_batch: dict | None = None  # {min, opt, max} of the TensorRT profile
+    engine_note: str | None = None  # why no TensorRT engine was written, when none was
     format: str = FORMAT
 
     def to_dict(self) -> dict:

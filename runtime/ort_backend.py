@@ -1,8 +1,18 @@
-"""ONNX Runtime backend: runs the exported graph on CPU, CUDA or the TensorRT execution provider."""
+"""ONNX Runtime backend: runs the exported graph on the CPU or with ORT's CUDA provider.
+
+ORT's TensorRT provider is never asked for: it builds an engine per new input shape at run
+time, uncached, so a row labelled "onnxruntime" would time TensorRT after minutes of building;
+the project's own engines (digit-export --engine) are the TensorRT path. ORT falls back to the
+CPU without an error when CUDA cannot start, so the providers in use are checked after the
+session exists.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +20,37 @@ import numpy as np
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
 
-# TensorRT EP first, then CUDA, then CPU: ORT hands each node to the first provider that takes it.
-PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+# fp32 means fp32: the CUDA provider runs fp32 matrix products in TF32 unless told otherwise,
+# and the graphs were gated in fp32 (export gate, digit-bench parity).
+CUDA_OPTIONS = {"use_tf32": "0"}
 
 
-def choose_providers(available: list[str], device: str) -> list[str]:
-    """Providers for `device` ("auto", "cpu" or "cuda") among those this onnxruntime build has."""
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    gpu = [p for p in PREFERENCE[:2] if p in available]
-    if device == "cuda" and not gpu:
+def choose_providers(available: list[str], device: str) -> list:
+    """ORT's provider list for `device` ("auto", "cpu" or "cuda") among those it has."""
+    if device == "cpu" or (device == "auto" and CUDA not in available):
+        return [CPU]
+    if CUDA not in available:
         raise UserError(
-            "--device cuda: this onnxruntime has no CUDA provider (available: "
+            f"--device cuda: this onnxruntime has no CUDA provider (available: "
             f"{', '.join(available)}); install onnxruntime-gpu instead of onnxruntime",
             code=2,
         )
-    return gpu + ["CPUExecutionProvider"]
+    return [(CUDA, dict(CUDA_OPTIONS)), CPU]
+
+
+def provider_note(device: str, requested: list, in_use: list[str]) -> str | None:
+    """Raise when --device cuda ended on the CPU; say so when auto did; None when as asked."""
+    wanted_cuda = any(p == CUDA or (isinstance(p, tuple) and p[0] == CUDA) for p in requested)
+    if not wanted_cuda or CUDA in in_use:
+        return None
+    if device == "cuda":
+        raise UserError(
+            "--device cuda: ONNX Runtime could not start its CUDA provider (its messages above "
+            "say why: CUDA or cuDNN libraries missing or mismatched) and would run on the CPU",
+            code=2,
+        )
+    return "ONNX Runtime's CUDA provider could not start; running on the CPU"
 
 
 def import_onnxruntime():
@@ -40,21 +65,36 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 class OrtBackend:
     """One InferenceSession; __call__ maps a uint8 NCHW batch to the four output arrays."""
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        log: Callable[[str], None] = _stderr,
+    ):
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
         providers = choose_providers(ort.get_available_providers(), device)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # ORT raises its own exception types for bad files
-            raise UserError(f"{path}: ONNX Runtime cannot load it ({e})", code=2) from None
+        # ORT's Python layer prints its provider fallback to stdout, which carries the CSV
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
+            except Exception as e:  # ORT raises its own exception types for bad files
+                raise UserError(f"{path}: ONNX Runtime cannot load it ({e})", code=2) from None
         self.providers = self.session.get_providers()
+        note = provider_note(device, providers, self.providers)
+        if note:
+            log(note)
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
         self.name = f"onnxruntime ({self.providers[0]})"

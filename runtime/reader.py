@@ -7,8 +7,9 @@ backends release the GIL) while the current batch is in the model.
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
 DEFAULT_BATCH = 8
 DEFAULT_WORKERS = 2  # threads decoding and letterboxing ahead of the model
 _END = object()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -50,9 +55,12 @@ def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> lis
     return preds
 
 
-def resolve_model(model: str | os.PathLike | None, device: str = "auto") -> Path:
-    """--model, else $DIGIT_MODEL; a directory means the export directory: its model.engine
-    where TensorRT can run it (not with --device cpu), else its model.onnx."""
+def resolve_model(
+    model: str | os.PathLike | None, device: str = "auto", log: Callable[[str], None] = _stderr
+) -> Path:
+    """--model, else $DIGIT_MODEL. A directory means the export directory: its model.engine
+    where that engine can run here (not with --device cpu), else its model.onnx, saying why
+    on `log`. A file is used as named (an engine that cannot run fails when it is opened)."""
     model = model or os.environ.get("DIGIT_MODEL")
     if not model:
         raise UserError(
@@ -62,25 +70,33 @@ def resolve_model(model: str | os.PathLike | None, device: str = "auto") -> Path
         )
     path = Path(model)
     if path.is_dir():
-        engine_ok = device != "cpu" and (path / "model.engine").is_file() and _tensorrt_usable()
-        for name in ("model.engine", "model.onnx"):
-            if (path / name).is_file() and (name != "model.engine" or engine_ok):
-                return path / name
+        onnx, engine = path / "model.onnx", path / "model.engine"
+        if engine.is_file() and device != "cpu":
+            reason = _engine_problem(engine)
+            if reason is None:
+                return engine
+            if onnx.is_file():
+                log(f"digit-read: not using {engine}: {reason}; reading with {onnx.name}")
+        if onnx.is_file():
+            return onnx
         raise UserError(f"{path}: no model.onnx or usable model.engine in this directory", code=2)
     if not path.is_file():
         raise UserError(f"{path}: no such model file", code=2)
     return path
 
 
-def _tensorrt_usable() -> bool:
+def _engine_problem(engine: Path) -> str | None:
+    """Why this engine cannot run here (TensorRT, cuda-python, GPU, built for another), or None."""
+    from digit_reader.runtime.trt_backend import probe, why_engine_cannot_run
+
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        _, entry = card_for(engine)
+    except UserError as e:
+        return str(e).removeprefix(f"{engine}: ")
+    return why_engine_cannot_run(entry, probe())
 
 
-def open_backend(path: Path, entry: dict, device: str):
+def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None] = _stderr):
     if path.suffix in (".engine", ".plan"):
         if device == "cpu":
             raise UserError(
@@ -92,7 +108,7 @@ def open_backend(path: Path, entry: dict, device: str):
     if path.suffix == ".onnx":
         from digit_reader.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(path, device)
+        return OrtBackend(path, device, log=log)
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
 
 
@@ -106,10 +122,11 @@ class Reader:
         batch_size: int = DEFAULT_BATCH,
         threshold: float | None = None,
         workers: int = DEFAULT_WORKERS,
+        log: Callable[[str], None] = _stderr,
     ):
-        self.path = resolve_model(model, device)
+        self.path = resolve_model(model, device, log)
         self.card, entry = card_for(self.path)
-        self.backend = open_backend(self.path, entry, device)
+        self.backend = open_backend(self.path, entry, device, log)
         limit = self.backend.max_batch or batch_size
         self.batch_size = max(1, min(batch_size, limit))
         self.threshold = self.card.threshold if threshold is None else threshold

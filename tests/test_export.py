@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from digit_reader.export import exporter, fp16, graph_rules, parity, samples
 from digit_reader.export.graph import DeployableDetector
-from digit_reader.export.tensorrt_engine import probe
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
+from digit_reader.runtime.trt_backend import probe
 from digit_reader.train import checkpoint
 from digit_reader.train.hw2 import load_split
 
@@ -198,7 +198,7 @@ def test_model_json_round_trips_and_describes_the_files(export_dir, nano_run):
     assert card.opset == 18 and {"torch", "onnx", "onnxruntime"} <= set(card.versions)
 
 
-@pytest.mark.skipif(probe()[0] is not None, reason="tensorrt is installed here")
+@pytest.mark.skipif(probe().version is not None, reason="tensorrt is installed here")
 def test_without_tensorrt_the_export_says_why_and_exits_0(export_result):
     out_dir, result = export_result
     assert "TensorRT engine skipped: tensorrt is not installed" in result.stderr
@@ -206,7 +206,7 @@ def test_without_tensorrt_the_export_says_why_and_exits_0(export_result):
     assert "model.onnx" in result.stdout and "parity" in result.stdout
 
 
-@pytest.mark.skipif(probe()[0] is not None, reason="tensorrt is installed here")
+@pytest.mark.skipif(probe().version is not None, reason="tensorrt is installed here")
 def test_engine_flag_makes_the_engine_mandatory_and_fails_fast(nano_run, tmp_path):
     from click.testing import CliRunner
 
@@ -218,17 +218,3 @@ def test_engine_flag_makes_the_engine_mandatory_and_fails_fast(nano_run, tmp_pat
         result.stderr
     )
     assert not list(tmp_path.iterdir())  # failed before writing anything
-
-
-@pytest.mark.tensorrt
-@pytest.mark.gpu
-@pytest.mark.skipif(exporter.why_no_engine(*probe()[:2]) is not None, reason="needs TensorRT + GPU")
-def test_engines_build_and_pass_the_gate(nano_run, tmp_path):
-    from click.testing import CliRunner
-
-    from digit_reader.export.cli import main
-
-    result = CliRunner().invoke(main, [str(nano_run), "--fp16", "--engine", "-o", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    card = ModelCard.load(tmp_path / "model.json")
-    assert {"model.engine", "model.fp16.engine"} <= set(card.files)

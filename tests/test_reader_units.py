@@ -50,11 +50,13 @@ def test_card_with_wrong_format_is_refused(tmp_path):
         ModelCard.load(tmp_path / "model.json")
 
 
-def test_provider_choice():
+def test_provider_choice_never_asks_for_tensorrt_and_turns_tf32_off():
     cpu_only = ["CPUExecutionProvider"]
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cuda_fp32 = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     assert choose_providers(cpu_only, "auto") == cpu_only
-    assert choose_providers(gpu, "auto") == gpu
+    assert choose_providers(gpu, "auto") == cuda_fp32
+    assert choose_providers(gpu, "cuda") == cuda_fp32
     assert choose_providers(gpu, "cpu") == cpu_only
     with pytest.raises(UserError, match="no CUDA provider"):
         choose_providers(cpu_only, "cuda")
