@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
-    from digit_reader.train.synth import synthesize
+    from digit_reader.train.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("svhn-like")
     synthesize(root, {"train": 320, "valid": 24, "test": 12}, seed=5)

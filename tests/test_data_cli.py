@@ -1,6 +1,5 @@
 """`digit-data` end to end: stats, convert svhn and synth through click, errors as one line."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from test_svhn_mat import make_svhn
 
-from digit_reader.train.data_cli import main
+from digit_reader.train.data.cli import main
 
 
 def _run(*args):
@@ -91,12 +90,6 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert help_.returncode == 0 and "synth" in help_.stdout and "convert" in help_.stdout
 
 
-needs_synth = pytest.mark.skipif(
-    importlib.util.find_spec("train.synth") is None, reason="train.synth not delivered yet"
-)
-
-
-@needs_synth
 def test_synth_writes_layout_and_summary(tmp_path):
     out = tmp_path / "syn"
     result = _run("synth", "--out", out, "--train", 4, "--valid", 2, "--test", 2, "--seed", 5)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digit_reader.train.hw2 import CATEGORIES, CocoWriter, DataError, LoadReport, load_split
+from digit_reader.train.data.hw2 import CATEGORIES, CocoWriter, DataError, LoadReport, load_split
 
 
 def _png(path, w=30, h=20):

@@ -109,11 +109,13 @@ def test_wheel_installs_one_top_level_name(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {PKG}
     for part in ("runtime", "train", "export", "benchmarks"):
         assert f"{PKG}/{part}/__init__.py" in names
-    assert f"{PKG}/train/assets/svhn_layouts.json" in names
+    assert f"{PKG}/train/data/__init__.py" in names
+    assert f"{PKG}/train/data/assets/svhn_layouts.json" in names
     assert f"{PKG}/export/assets/tensorrt_ops.txt" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "digit-read = digit_reader.runtime.cli:main" in scripts
+    assert "digit-data = digit_reader.train.data.cli:main" in scripts
 
 
 def test_runtime_imports_and_reads_an_image_without_torch(tmp_path):
@@ -145,7 +147,7 @@ assert not loaded, loaded
 
 
 @pytest.mark.parametrize(
-    "module", ["runtime.cli", "train.cli", "train.data_cli", "export.cli", "benchmarks.cli"]
+    "module", ["runtime.cli", "train.cli", "train.data.cli", "export.cli", "benchmarks.cli"]
 )
 def test_cli_help_imports_no_torch(module):
     """`--help` (and click's option parsing) starts without torch: presets, backbones and every

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digit_reader.train.hw2 import DataError, load_split
-from digit_reader.train.svhn_mat import convert_svhn, read_digitstruct
+from digit_reader.train.data.hw2 import DataError, load_split
+from digit_reader.train.data.svhn_mat import convert_svhn, read_digitstruct
 
 MATLAB_HEADER = (
     b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "

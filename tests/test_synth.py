@@ -11,8 +11,14 @@ from PIL import Image
 
 from digit_reader.runtime.decode import decode_number
 from digit_reader.runtime.errors import UserError
-from digit_reader.train import hw2, layouts
-from digit_reader.train.synth import SYNTH_VERSION, image_rng, render, sample_layout, synthesize
+from digit_reader.train.data import hw2, layouts
+from digit_reader.train.data.synth import (
+    SYNTH_VERSION,
+    image_rng,
+    render,
+    sample_layout,
+    synthesize,
+)
 
 # SVHN train digitStruct, from the issue: digit counts and box-height percentiles (pixels)
 REAL_COUNTS = {1: 5137, 2: 18130, 3: 8691, 4: 1434, 5: 9, 6: 1}

@@ -7,8 +7,8 @@ import torch
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.preprocess import letterbox, open_rgb
 from digit_reader.train import checkpoint, presets, transforms
+from digit_reader.train.data.hw2 import CocoWriter, load_split
 from digit_reader.train.dataset import DigitDataset, epoch_batches
-from digit_reader.train.hw2 import CocoWriter, load_split
 
 
 def _image(rng) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from digit_reader.runtime import atomic
-from digit_reader.train.hw2 import CATEGORIES, CocoWriter, DataError
+from digit_reader.train.data.hw2 import CATEGORIES, CocoWriter, DataError
 
 FIELDS = ("left", "top", "width", "height", "label")
 # HW2 split 30,062 train / 3,340 valid of SVHN's 33,402 train images.

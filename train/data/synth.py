@@ -1,6 +1,6 @@
 """Synthetic SVHN-like house-number crops in the HW2 layout: the project's embedded default data.
 
-Geometry comes from real SVHN train layouts (train/layouts.py): digit count, box heights,
+Geometry comes from real SVHN train layouts (layouts.py): digit count, box heights,
 vertical offsets and gaps, and the crop's left and top margins are taken from one real image,
 all in original pixels, so box-size statistics match real SVHN. The layouts hold no image
 sizes; SVHN format-1 images are crops with context around the number, so the right and bottom
@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
-from digit_reader.train import layouts as layouts_mod
-from digit_reader.train.hw2 import CATEGORIES, SPLITS, CocoWriter
+from digit_reader.train.data import layouts as layouts_mod
+from digit_reader.train.data.hw2 import CATEGORIES, SPLITS, CocoWriter
 
 SYNTH_VERSION = "svhn-like-1"
 

@@ -8,7 +8,9 @@ relative to the digit block's top-left corner, all in original image pixels. The
 and digit histograms are kept too, so counts are sampled with real frequencies even where the
 subsample is thin (every 5- and 6-digit layout is kept).
 
-    python -m train.layouts /path/to/train_layouts.json   # rewrites train/assets/svhn_layouts.json
+    python -m digit_reader.train.data.layouts /path/to/train_layouts.json
+
+rewrites train/data/assets/svhn_layouts.json (the asset synth.py samples from).
 """
 
 from __future__ import annotations

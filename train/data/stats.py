@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.train.hw2 import SPLITS, DataError, LoadReport, load_split
+from digit_reader.train.data.hw2 import SPLITS, DataError, LoadReport, load_split
 
 PERCENTILES = (1, 10, 50, 90, 99)
 SVHN_TRAIN = {
