@@ -6,8 +6,14 @@ in pixels, category_id 1..10 = digit 0..9, image_id = int(stem) of the file name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +264,59 @@ class CocoWriter:
                 }
             )
 
-    def save(self, path) -> None:
-        coco = {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
+    def save(self, path, info: dict | None = None) -> None:
+        coco = {} if info is None else {"info": info}
+        coco.update(images=self.images, annotations=self.annotations, categories=CATEGORIES)
         atomic.write_json(path, coco)
+
+    def summary(self) -> dict:
+        """Images, boxes and the histogram of digits per image (images with boxes only)."""
+        per_image = Counter(a["image_id"] for a in self.annotations)
+        return {
+            "images": len(self.images),
+            "boxes": len(self.annotations),
+            "digit_counts": dict(sorted(Counter(per_image.values()).items())),
+        }
+
+
+@contextlib.contextmanager
+def staging(root, splits: Iterable[str], overwrite: bool, prefix: str) -> Iterator[Path]:
+    """A hidden temporary folder inside `root` to make splits in, removed at the end.
+
+    Refuses (before creating anything) splits whose folder or json exists unless `overwrite`;
+    making the splits inside `root` keeps write_splits' moves on one file system.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: exists and is not a directory")
+    clash = [p for s in splits for p in (root / s, root / f"{s}.json") if p.exists()]
+    if clash and not overwrite:
+        raise DataError(f"{clash[0]} already exists; choose another output or remove it")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_splits(
+    root, staged: Path, writers: dict[str, CocoWriter], info: Callable[[str, CocoWriter], dict]
+) -> dict[str, dict]:
+    """Move each staged/{split} folder to root/{split} and write root/{split}.json after it.
+
+    The old json goes first and the new one is written atomically last, so an interrupted run
+    never leaves a json pointing at missing images. `info(split, writer)` is the json's info
+    block. Returns {split: CocoWriter.summary()}.
+    """
+    root = Path(root)
+    summaries = {}
+    for split, writer in writers.items():
+        final, json_path = root / split, root / f"{split}.json"
+        json_path.unlink(missing_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged / split, final)
+        writer.save(json_path, info(split, writer))
+        summaries[split] = writer.summary()
+    return summaries

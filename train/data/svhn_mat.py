@@ -14,15 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from digit_reader.runtime import atomic
-from digit_reader.train.data.hw2 import CATEGORIES, CocoWriter, DataError
+from digit_reader.train.data.hw2 import CocoWriter, DataError, staging, write_splits
 
 FIELDS = ("left", "top", "width", "height", "label")
 # HW2 split 30,062 train / 3,340 valid of SVHN's 33,402 train images.
@@ -271,12 +268,7 @@ def convert_svhn(
         entries = read_digitstruct(found["test"] / "digitStruct.mat", progress)
         plan["test"] = [("test", found["test"], e) for e in entries]
 
-    clash = [p for s in plan for p in (out / s, out / f"{s}.json") if p.exists()]
-    if clash and not overwrite:
-        raise DataError(f"{clash[0]} already exists; choose another output or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out))
-    try:
+    with staging(out, plan, overwrite, ".convert-") as tmp:
         writers = {}
         for split, items in plan.items():
             (tmp / split).mkdir()
@@ -299,33 +291,17 @@ def convert_svhn(
                 _place(image, tmp / split / file_name, report)
                 writer.add(new_id, file_name, w, h, boxes, digits)
                 writer.images[-1]["source"] = f"{source}/{entry.name}"
-        for split, writer in writers.items():
-            final, json_path = out / split, out / f"{split}.json"
-            json_path.unlink(missing_ok=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / split, final)
-            coco = {
-                "info": {
-                    "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
-                    "split": split,
-                    "seed": int(seed),
-                    "valid_fraction": float(valid_fraction),
-                    "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
-                },
-                "images": writer.images,
-                "annotations": writer.annotations,
-                "categories": CATEGORIES,
+
+        def info(split: str, writer: CocoWriter) -> dict:
+            return {
+                "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
+                "split": split,
+                "seed": int(seed),
+                "valid_fraction": float(valid_fraction),
+                "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
             }
-            atomic.write_json(json_path, coco)
-            per_image = Counter(a["image_id"] for a in writer.annotations)
-            report.splits[split] = {
-                "images": len(writer.images),
-                "boxes": len(writer.annotations),
-                "digit_counts": dict(sorted(Counter(per_image.values()).items())),
-            }
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+        report.splits = write_splits(out, tmp, writers, info)
     return report
 
 
