@@ -96,13 +96,8 @@ def convert_svhn_cmd(src, out, seed, valid_fraction, overwrite, as_json):
     from digit_reader.train.data.svhn_mat import convert_svhn
 
     report = convert_svhn(src, out, seed, valid_fraction, overwrite=overwrite, log=_err)
-    for line in report.warnings:
-        _err(f"warning: {line}")
-    if report.clipped_boxes or report.dropped_boxes:
-        _err(
-            f"warning: {report.clipped_boxes} box(es) clipped to their image, "
-            f"{report.dropped_boxes} dropped for having no area inside it"
-        )
+    for line in report.lines():
+        _err(line)
     _err(f"images: {report.linked} hard-linked, {report.copied} copied")
     _print_stats(out, as_json)
 

@@ -48,11 +48,19 @@ class Sample:
 
 @dataclass
 class LoadReport:
-    """What load_split had to fix or skip; printed as warnings with counts, never silently."""
+    """What loading (or converting) a data set had to fix or skip, counted and never silent.
+
+    Conversion fills in the rest: the sources it found, its per-split summaries, and how many
+    images it hard-linked or had to copy.
+    """
 
     clipped_boxes: int = 0
     dropped_boxes: int = 0
     warnings: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+    splits: dict[str, dict] = field(default_factory=dict)
+    linked: int = 0
+    copied: int = 0
 
     def warn(self, message: str, limit: int = 20) -> None:
         if len(self.warnings) < limit:
@@ -60,12 +68,13 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         """Warnings (the first 20) and the totals, ready for stderr."""
-        if not (self.clipped_boxes or self.dropped_boxes):
-            return []
-        return [f"warning: {w}" for w in self.warnings] + [
-            f"warning: {self.clipped_boxes} box(es) clipped to their image, "
-            f"{self.dropped_boxes} dropped for having no area inside it"
-        ]
+        lines = [f"warning: {w}" for w in self.warnings]
+        if self.clipped_boxes or self.dropped_boxes:
+            lines.append(
+                f"warning: {self.clipped_boxes} box(es) clipped to their image, "
+                f"{self.dropped_boxes} dropped for having no area inside it"
+            )
+        return lines
 
 
 def _read_json(path: Path):

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digit_reader.train.data.hw2 import CocoWriter, DataError, staging, write_splits
+from digit_reader.train.data.hw2 import CocoWriter, DataError, LoadReport, staging, write_splits
 
 FIELDS = ("left", "top", "width", "height", "label")
 # HW2 split 30,062 train / 3,340 valid of SVHN's 33,402 train images.
@@ -162,21 +162,6 @@ def _bar(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
-@dataclass
-class ConvertReport:
-    found: list[str] = field(default_factory=list)
-    splits: dict[str, dict] = field(default_factory=dict)
-    clipped_boxes: int = 0
-    dropped_boxes: int = 0
-    linked: int = 0
-    copied: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, message: str, limit: int = 20) -> None:
-        if len(self.warnings) < limit:
-            self.warnings.append(message)
-
-
 def find_sources(src_dir) -> dict[str, Path]:
     """{source: dir} for each of train/, test/, extra/ under src_dir holding a digitStruct.mat."""
     src = Path(src_dir)
@@ -213,7 +198,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"{path} is truncated or corrupt ({e})") from None
 
 
-def _place(src: Path, dst: Path, report: ConvertReport) -> None:
+def _place(src: Path, dst: Path, report: LoadReport) -> None:
     try:
         os.link(src, dst)
         report.linked += 1
@@ -231,7 +216,7 @@ def convert_svhn(
     overwrite: bool = False,
     progress: bool = True,
     log=None,
-) -> ConvertReport:
+) -> LoadReport:
     """Write out_root/{train,valid,test}/1..N.png and {split}.json from extracted SVHN format 1.
 
     SVHN train (plus extra, when present) is split into train/valid by a seeded permutation;
@@ -245,7 +230,7 @@ def convert_svhn(
     if int(seed) < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")
     found = find_sources(src_dir)
-    report = ConvertReport(found=list(found))
+    report = LoadReport(found=list(found))
     missing = [s for s in SOURCES if s not in found]
     log(
         f"found {', '.join(f'{s}/' for s in found)} in {src_dir}"
@@ -305,7 +290,7 @@ def convert_svhn(
     return report
 
 
-def _clip(entry: MatEntry, w: int, h: int, mat: Path, report: ConvertReport):
+def _clip(entry: MatEntry, w: int, h: int, mat: Path, report: LoadReport):
     boxes, digits = [], []
     for (x, y, bw, bh), d in zip(entry.boxes_xywh, entry.digits, strict=True):
         x1, y1 = min(max(x, 0.0), w), min(max(y, 0.0), h)
