@@ -11,6 +11,7 @@ from digit_reader.train.data.hw2 import (
     CocoWriter,
     DataError,
     LoadReport,
+    clip_box_xywh,
     load_split,
     staging,
     write_splits,
@@ -180,6 +181,22 @@ def test_boxes_outside_are_clipped_and_empty_ones_dropped(tmp_path):
         "warning: 1 box(es) clipped to their image, 4 dropped for having no area inside it"
     )
     assert LoadReport().lines() == []
+
+
+@pytest.mark.parametrize(
+    "xywh, expect",
+    [
+        ((2, 3, 4, 5), (2, 3, 6, 8)),  # inside: unchanged, as x1 y1 x2 y2
+        ((-3, 2, 8, 30), (0, 2, 5, 20)),  # clipped on two sides
+        ((9, 0, 1, 20), (9, 0, 10, 20)),  # exactly one pixel left
+        ((9.5, 0, 5, 5), None),  # half a pixel left
+        ((4, 4, 0, 5), None),  # no width
+        ((4, 4, 3, -2), None),  # negative height
+        ((-5, 4, 3, 3), None),  # wholly outside
+    ],
+)
+def test_clip_box_xywh(xywh, expect):
+    assert clip_box_xywh(*xywh, 10, 20) == expect
 
 
 def test_warnings_are_capped_but_counted(tmp_path):

@@ -76,6 +76,35 @@ class LoadReport:
             )
         return lines
 
+    def clip(self, where: str, xywh, size_wh, warn_clipped: bool = True):
+        """clip_box_xywh(*xywh, *size_wh), counted as clipped or dropped and warned about as
+        `where`; a dropped box is always named, a clipped one only with `warn_clipped`."""
+        (x, y, w, h), (width, height) = xywh, size_wh
+        box = clip_box_xywh(x, y, w, h, width, height)
+        if box is None:
+            self.dropped_boxes += 1
+            self.warn(
+                f"{where} box {[x, y, w, h]} has no area inside the {width}x{height} image; dropped"
+            )
+        elif box != (x, y, x + w, y + h):
+            self.clipped_boxes += 1
+            if warn_clipped:
+                self.warn(
+                    f"{where} box {[x, y, w, h]} reaches outside the {width}x{height} image; "
+                    "clipped"
+                )
+        return box
+
+
+def clip_box_xywh(x, y, w, h, width, height) -> tuple[float, float, float, float] | None:
+    """Box [x, y, w, h] clipped to a width x height image, as (x1, y1, x2, y2); None when less
+    than one pixel of width or height is left inside (so always when w <= 0 or h <= 0)."""
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        return None
+    return x1, y1, x2, y2
+
 
 def _read_json(path: Path):
     if not path.is_file():
@@ -154,24 +183,11 @@ def load_split(
                 f"{json_path}: annotations[{i}] has category_id {cat}; expected 1..10 (digit + 1)"
             )
         im = images[image_id]
-        x1, y1, x2, y2 = x, y, x + w, y + h
-        cx1, cy1 = min(max(x1, 0.0), im["w"]), min(max(y1, 0.0), im["h"])
-        cx2, cy2 = min(max(x2, 0.0), im["w"]), min(max(y2, 0.0), im["h"])
-        if w <= 0 or h <= 0 or cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
-            report.dropped_boxes += 1
-            report.warn(
-                f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} has no area "
-                f"inside the {im['w']}x{im['h']} image; dropped"
-            )
-            continue
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            report.clipped_boxes += 1
-            report.warn(
-                f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} reaches "
-                f"outside the {im['w']}x{im['h']} image; clipped"
-            )
-        im["boxes"].append((cx1, cy1, cx2, cy2))
-        im["digits"].append(cat - 1)
+        where = f"{json_path}: annotations[{i}] (image {image_id})"
+        box = report.clip(where, (x, y, w, h), (im["w"], im["h"]))
+        if box is not None:
+            im["boxes"].append(box)
+            im["digits"].append(cat - 1)
     return [
         Sample(
             image_id=image_id,
