@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from test_svhn_mat import make_svhn
 
+from digit_reader.train.data import layouts
 from digit_reader.train.data.cli import main
 
 
@@ -22,7 +23,9 @@ def test_convert_then_stats_text_and_json(tmp_path):
     assert "found train/, test/" in result.stderr and "not found: extra/" in result.stderr
     assert "[train] 18 images" in result.stdout and "[valid] 2 images" in result.stdout
     assert "[test] 5 images" in result.stdout
-    assert "12 / 17 / 29 / 56 / 97" in result.stdout  # the SVHN-train reference beside it
+    real = layouts.load()
+    heights = " / ".join(f"{v:g}" for v in real.height_percentiles.values())
+    assert f"SVHN train {heights}" in result.stdout  # the SVHN-train reference beside it
 
     result = _run("stats", tmp_path / "out", "--json")
     assert result.exit_code == 0
@@ -34,7 +37,10 @@ def test_convert_then_stats_text_and_json(tmp_path):
             counts[str(len(digits))] = counts.get(str(len(digits)), 0) + 1
     assert stats["splits"]["test"]["digit_counts"] == counts
     assert stats["splits"]["test"]["box_height"] == [12.0] * 5  # every fixture box is 12 px
-    assert stats["reference_svhn_train"]["digit_counts"]["2"] == 18130
+    ref = stats["reference_svhn_train"]
+    assert ref["digit_counts"] == {str(k): n for k, n in real.count_hist.items()}
+    assert (ref["images"], ref["boxes"]) == (real.source["images"], real.source["boxes"])
+    assert ref["box_aspect_wh"] == list(real.aspect_percentiles.values())
 
 
 def test_stats_of_unlabelled_test_split_reads_sizes(tmp_path):
