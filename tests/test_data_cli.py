@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from test_svhn_mat import make_svhn
 
 from digit_reader.train.data import layouts
 from digit_reader.train.data.cli import main
@@ -16,7 +15,7 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_convert_then_stats_text_and_json(tmp_path):
+def test_convert_then_stats_text_and_json(tmp_path, make_svhn):
     make_svhn(tmp_path / "svhn", n_train=20, n_test=5)
     result = _run("convert", "svhn", tmp_path / "svhn", "--out", tmp_path / "out", "--seed", "1")
     assert result.exit_code == 0, result.output
