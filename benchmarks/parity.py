@@ -25,7 +25,7 @@ from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import Reader
 from digit_reader.train import checkpoint, config, evaluate
-from digit_reader.train.hw2 import load_split
+from digit_reader.train.data.hw2 import load_split
 
 HEADERS = [
     "form",

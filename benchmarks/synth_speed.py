@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from digit_reader.benchmarks.machine import machine
-from digit_reader.train.synth import SYNTH_VERSION, synthesize
+from digit_reader.train.data.synth import SYNTH_VERSION, synthesize
 
 
 def pin_one_core() -> bool:

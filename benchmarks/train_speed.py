@@ -34,8 +34,8 @@ def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
     from torch.utils.data import DataLoader
 
     from digit_reader.train import presets
+    from digit_reader.train.data.hw2 import load_split
     from digit_reader.train.dataset import DigitDataset, collate, to_model_input
-    from digit_reader.train.hw2 import load_split
     from digit_reader.train.model import build_model
 
     mcfg, tcfg = presets.preset("nano")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from digit_reader.runtime.preprocess import load_canvas
-from digit_reader.train.hw2 import load_split
+from digit_reader.train.data.hw2 import load_split
 
 SYNTH_SEED = 20261125
 
@@ -36,7 +36,7 @@ def sample_paths(
                 paths = [s.path for s in load_split(root, split)[:n]]
                 if paths:
                     return paths, f"{root}/{split}"
-    from digit_reader.train.synth import synthesize
+    from digit_reader.train.data.synth import synthesize
 
     out = Path(cache_dir or tempfile.mkdtemp(prefix="digit-export-parity-")) / "synthetic"
     if not (out / "valid.json").is_file():

@@ -1,29 +1,30 @@
 """`digit-data` end to end: stats, convert svhn and synth through click, errors as one line."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 from click.testing import CliRunner
-from test_svhn_mat import make_svhn
 
-from digit_reader.train.data_cli import main
+from digit_reader.train.data import layouts
+from digit_reader.train.data.cli import main
 
 
 def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_convert_then_stats_text_and_json(tmp_path):
+def test_convert_then_stats_text_and_json(tmp_path, make_svhn):
     make_svhn(tmp_path / "svhn", n_train=20, n_test=5)
     result = _run("convert", "svhn", tmp_path / "svhn", "--out", tmp_path / "out", "--seed", "1")
     assert result.exit_code == 0, result.output
     assert "found train/, test/" in result.stderr and "not found: extra/" in result.stderr
     assert "[train] 18 images" in result.stdout and "[valid] 2 images" in result.stdout
     assert "[test] 5 images" in result.stdout
-    assert "12 / 17 / 29 / 56 / 97" in result.stdout  # the SVHN-train reference beside it
+    real = layouts.load()
+    heights = " / ".join(f"{v:g}" for v in real.height_percentiles.values())
+    assert f"SVHN train {heights}" in result.stdout  # the SVHN-train reference beside it
 
     result = _run("stats", tmp_path / "out", "--json")
     assert result.exit_code == 0
@@ -35,7 +36,10 @@ def test_convert_then_stats_text_and_json(tmp_path):
             counts[str(len(digits))] = counts.get(str(len(digits)), 0) + 1
     assert stats["splits"]["test"]["digit_counts"] == counts
     assert stats["splits"]["test"]["box_height"] == [12.0] * 5  # every fixture box is 12 px
-    assert stats["reference_svhn_train"]["digit_counts"]["2"] == 18130
+    ref = stats["reference_svhn_train"]
+    assert ref["digit_counts"] == {str(k): n for k, n in real.count_hist.items()}
+    assert (ref["images"], ref["boxes"]) == (real.source["images"], real.source["boxes"])
+    assert ref["box_aspect_wh"] == list(real.aspect_percentiles.values())
 
 
 def test_stats_of_unlabelled_test_split_reads_sizes(tmp_path):
@@ -91,12 +95,6 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert help_.returncode == 0 and "synth" in help_.stdout and "convert" in help_.stdout
 
 
-needs_synth = pytest.mark.skipif(
-    importlib.util.find_spec("train.synth") is None, reason="train.synth not delivered yet"
-)
-
-
-@needs_synth
 def test_synth_writes_layout_and_summary(tmp_path):
     out = tmp_path / "syn"
     result = _run("synth", "--out", out, "--train", 4, "--valid", 2, "--test", 2, "--seed", 5)

@@ -14,7 +14,7 @@ from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import probe
 from digit_reader.train import checkpoint
-from digit_reader.train.hw2 import load_split
+from digit_reader.train.data.hw2 import load_split
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digit_reader.train.hw2 import CATEGORIES, CocoWriter, DataError, LoadReport, load_split
+from digit_reader.train.data.hw2 import (
+    CATEGORIES,
+    CocoWriter,
+    DataError,
+    LoadReport,
+    clip_box_xywh,
+    load_split,
+    staging,
+    write_splits,
+)
 
 
 def _png(path, w=30, h=20):
@@ -174,6 +183,22 @@ def test_boxes_outside_are_clipped_and_empty_ones_dropped(tmp_path):
     assert LoadReport().lines() == []
 
 
+@pytest.mark.parametrize(
+    "xywh, expect",
+    [
+        ((2, 3, 4, 5), (2, 3, 6, 8)),  # inside: unchanged, as x1 y1 x2 y2
+        ((-3, 2, 8, 30), (0, 2, 5, 20)),  # clipped on two sides
+        ((9, 0, 1, 20), (9, 0, 10, 20)),  # exactly one pixel left
+        ((9.5, 0, 5, 5), None),  # half a pixel left
+        ((4, 4, 0, 5), None),  # no width
+        ((4, 4, 3, -2), None),  # negative height
+        ((-5, 4, 3, 3), None),  # wholly outside
+    ],
+)
+def test_clip_box_xywh(xywh, expect):
+    assert clip_box_xywh(*xywh, 10, 20) == expect
+
+
 def test_warnings_are_capped_but_counted(tmp_path):
     anns = [{"image_id": 1, "bbox": [50, 2, 5, 5], "category_id": 1}] * 30
     report = LoadReport()
@@ -195,3 +220,35 @@ def test_verify_images_catches_unreadable_and_wrong_size(tmp_path):
     assert "empty file (0 bytes)" in _error(root, verify_images=True)
     _png(root / "train" / "2.png", 31, 20)
     assert "2.png is 31x20, the json says 30x20" in _error(root, verify_images=True)
+
+
+def test_write_splits_replaces_a_split_from_staging_json_last(tmp_path):
+    root = tmp_path / "root"
+    _png(root / "valid" / "9.png")
+    (root / "valid.json").write_text("{}")
+    with staging(root, ["valid"], overwrite=True, prefix=".t-") as tmp:
+        _png(tmp / "valid" / "1.png")
+        writer = CocoWriter()
+        writer.add(1, "1.png", 30, 20, [(1, 2, 3, 4), (5, 2, 3, 4)], [1, 2])
+        summary = write_splits(
+            root, tmp, {"valid": writer}, lambda split, w: {"split": split, "n": len(w.images)}
+        )
+    assert summary == {"valid": {"images": 1, "boxes": 2, "digit_counts": {2: 1}}}
+    assert sorted(p.name for p in root.iterdir()) == ["valid", "valid.json"]  # staging gone
+    assert [p.name for p in (root / "valid").iterdir()] == ["1.png"]
+    coco = json.loads((root / "valid.json").read_text())
+    assert list(coco) == ["info", "images", "annotations", "categories"]
+    assert coco["info"] == {"split": "valid", "n": 1}
+    assert load_split(root, "valid")[0].digits.tolist() == [1, 2]
+
+
+def test_staging_refuses_existing_splits_and_a_file_as_root(tmp_path):
+    (tmp_path / "test.json").write_text("{}")
+    with pytest.raises(DataError, match="test.json already exists"):
+        with staging(tmp_path, ["train", "test"], overwrite=False, prefix=".t-"):
+            pass
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="file: exists and is not a directory"):
+        with staging(tmp_path / "file", ["train"], overwrite=False, prefix=".t-"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "test.json"]

@@ -14,31 +14,48 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "digit_reader"
-# folder -> names its modules must never import (anywhere, including inside functions)
+DATA = f"{PKG}.train.data"
+# unit -> its folder; train/data/ is a unit of its own, left out of train's
+UNITS = {"runtime": "runtime", "data": "train/data", "train": "train", "export": "export"}
+# unit -> names its modules must never import (anywhere, including inside functions)
 FORBIDDEN = {
-    "runtime": {"torch", "torchvision", "train", "export", "benchmarks"},
+    "runtime": {"torch", "torchvision", "data", "train", "export", "benchmarks"},
+    "data": {"torch", "torchvision", "train", "export", "benchmarks"},
     "train": {"export", "benchmarks"},
     "export": {"benchmarks"},
 }
 
 
+def _unit(module: str) -> str:
+    """`torch.nn` -> torch; `digit_reader.train.data.x` -> data; `digit_reader.train.x` -> train."""
+    if module == DATA or module.startswith(f"{DATA}."):
+        return "data"
+    parts = module.split(".")
+    return parts[1] if parts[0] == PKG and len(parts) > 1 else parts[0]
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Names of every import in the file, including ones inside functions: the top-level name,
-    or for digit_reader's own modules the part below it (`digit_reader.train.x` -> `train`)."""
+    """Units of every import in the file, including ones inside functions: the top-level name,
+    or for digit_reader's own modules the unit (`digit_reader.train.x` -> `train`,
+    `digit_reader.train.data.x` -> `data`)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             modules = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             modules = [node.module]
-            if node.module == PKG:  # from digit_reader import runtime
-                modules = [f"{PKG}.{a.name}" for a in node.names]
+            if node.module in (PKG, f"{PKG}.train"):  # from digit_reader.train import data
+                modules = [f"{node.module}.{a.name}" for a in node.names]
         else:
             continue
-        for m in modules:
-            parts = m.split(".")
-            found.add(parts[1] if parts[0] == PKG and len(parts) > 1 else parts[0])
+        found |= {_unit(m) for m in modules}
     return found
+
+
+def unit_files(unit: str) -> list[Path]:
+    files = (ROOT / UNITS[unit]).rglob("*.py")
+    inner = [ROOT / f for u, f in UNITS.items() if u != unit and f.startswith(f"{UNITS[unit]}/")]
+    return sorted(f for f in files if not any(f.is_relative_to(d) for d in inner))
 
 
 def test_import_walker_sees_nested_and_own_imports(tmp_path):
@@ -48,16 +65,29 @@ def test_import_walker_sees_nested_and_own_imports(tmp_path):
         "    import digit_reader.export.x\n    from digit_reader import benchmarks\n"
     )
     assert imported_modules(f) == {"os", "torch", "export", "benchmarks"}
+    f.write_text(
+        "import digit_reader.train.data.hw2\nfrom digit_reader.train.dataset import x\n"
+        "def g():\n    from digit_reader.train import data, engine\n"
+    )
+    assert imported_modules(f) == {"data", "train"}
+    f.write_text("from digit_reader.train.data import hw2\nfrom digit_reader import runtime\n")
+    assert imported_modules(f) == {"data", "runtime"}
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_import_direction(package):
-    files = sorted((ROOT / package).rglob("*.py"))
-    assert files, f"no python files under {package}/"
+def test_units_split_train_from_its_data_package():
+    assert ROOT / "train" / "data" / "hw2.py" in unit_files("data")
+    assert ROOT / "train" / "data" / "hw2.py" not in unit_files("train")
+    assert ROOT / "train" / "engine.py" in unit_files("train")
+
+
+@pytest.mark.parametrize("unit", sorted(FORBIDDEN))
+def test_import_direction(unit):
+    files = unit_files(unit)
+    assert files, f"no python files under {UNITS[unit]}/"
     bad = {
         f"{f.relative_to(ROOT)} imports {m}"
         for f in files
-        for m in imported_modules(f) & FORBIDDEN[package]
+        for m in imported_modules(f) & FORBIDDEN[unit]
     }
     assert not bad, sorted(bad)
 
@@ -109,11 +139,13 @@ def test_wheel_installs_one_top_level_name(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {PKG}
     for part in ("runtime", "train", "export", "benchmarks"):
         assert f"{PKG}/{part}/__init__.py" in names
-    assert f"{PKG}/train/assets/svhn_layouts.json" in names
+    assert f"{PKG}/train/data/__init__.py" in names
+    assert f"{PKG}/train/data/assets/svhn_layouts.json" in names
     assert f"{PKG}/export/assets/tensorrt_ops.txt" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "digit-read = digit_reader.runtime.cli:main" in scripts
+    assert "digit-data = digit_reader.train.data.cli:main" in scripts
 
 
 def test_runtime_imports_and_reads_an_image_without_torch(tmp_path):
@@ -144,8 +176,45 @@ assert not loaded, loaded
     assert rest.strip() == "(3, 24, 24) [200, 10, 30] 1.2 (20, 12)"
 
 
+def test_data_imports_and_makes_a_data_set_without_torch(tmp_path):
+    """Every data module imports, and synth -> load -> stats runs, with torch and the rest of
+    train, export and benchmarks unimportable."""
+    code = f"""
+import importlib, pkgutil, sys
+for name in ("torch", "torchvision", "digit_reader.export", "digit_reader.benchmarks"):
+    sys.modules[name] = None  # any `import torch` now raises ImportError
+import digit_reader.train as train
+for m in pkgutil.iter_modules(train.__path__, "digit_reader.train."):
+    if m.name != "{DATA}":
+        sys.modules[m.name] = None
+import digit_reader.train.data as data
+mods = [m.name for m in pkgutil.iter_modules(data.__path__, "{DATA}.")]
+for m in mods:
+    importlib.import_module(m)
+from {DATA}.hw2 import load_split
+from {DATA}.stats import dataset_stats
+from {DATA}.synth import synthesize
+synthesize("out", {{"valid": 3}}, seed=1)
+stats = dataset_stats("out")
+print(len(mods), len(load_split("out", "valid")), stats["splits"]["valid"]["images"])
+loaded = [m for m, mod in sys.modules.items() if mod and m.split(".")[0] == "torch"]
+loaded += [
+    m for m, mod in sys.modules.items()
+    if mod and m.startswith("digit_reader.train.") and not m.startswith("{DATA}")
+]
+assert not loaded, loaded
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    n_modules, rest = result.stdout.split(" ", 1)
+    assert int(n_modules) >= 6  # hw2, synth, svhn_mat, layouts, stats, cli
+    assert rest.strip() == "3 3"
+
+
 @pytest.mark.parametrize(
-    "module", ["runtime.cli", "train.cli", "train.data_cli", "export.cli", "benchmarks.cli"]
+    "module", ["runtime.cli", "train.cli", "train.data.cli", "export.cli", "benchmarks.cli"]
 )
 def test_cli_help_imports_no_torch(module):
     """`--help` (and click's option parsing) starts without torch: presets, backbones and every

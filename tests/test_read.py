@@ -17,7 +17,7 @@ from PIL import Image
 from digit_reader.runtime.cli import main
 from digit_reader.runtime.reader import Reader
 from digit_reader.train import checkpoint, config, evaluate
-from digit_reader.train.hw2 import load_split
+from digit_reader.train.data.hw2 import load_split
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

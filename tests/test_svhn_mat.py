@@ -1,112 +1,28 @@
 """SVHN format 1 reader and converter on digitStruct.mat files laid out the way MATLAB v7.3 does."""
 
-import itertools
 import json
-import string
 
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-from digit_reader.train.hw2 import DataError, load_split
-from digit_reader.train.svhn_mat import convert_svhn, read_digitstruct
-
-MATLAB_HEADER = (
-    b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
-    b"HDF5 schema 1.00 ."
-)
-
-
-def _ref_names():
-    """MATLAB names the objects in #refs# a, b, ..., z, A, ..., then two letters."""
-    letters = string.ascii_lowercase + string.ascii_uppercase
-    for n in itertools.count(1):
-        for t in itertools.product(letters, repeat=n):
-            yield "".join(t)
-
-
-def write_digitstruct(path, entries, corrupt=None):
-    """entries: [(name, [(left, top, width, height, label), ...]), ...] as in Stanford's files.
-
-    Layout: 512-byte MATLAB user block, #refs# holding every referenced object, digitStruct a
-    struct group whose `name` and `bbox` are (N, 1) object-reference datasets. A name is a (len, 1)
-    uint16 char column; a bbox group's fields are (1, 1) doubles when k == 1, else (k, 1)
-    references to (1, 1) doubles. `corrupt(f, refs)` may damage the file before it closes.
-    """
-    names = _ref_names()
-    with h5py.File(path, "w", userblock_size=512, libver="earliest") as f:
-        refs = f.create_group("#refs#")
-        empty = refs.create_dataset(next(names), data=np.zeros(2, np.uint64))
-        empty.attrs["MATLAB_class"] = np.bytes_("canonical empty")
-        empty.attrs["MATLAB_empty"] = np.uint8(1)
-
-        def double(value):
-            ds = refs.create_dataset(next(names), data=np.array([[float(value)]]))
-            ds.attrs["MATLAB_class"] = np.bytes_("double")
-            return ds
-
-        group = f.create_group("digitStruct")
-        group.attrs["MATLAB_class"] = np.bytes_("struct")
-        name_refs = np.empty((len(entries), 1), dtype=h5py.ref_dtype)
-        bbox_refs = np.empty((len(entries), 1), dtype=h5py.ref_dtype)
-        for i, (name, boxes) in enumerate(entries):
-            chars = np.frombuffer(name.encode("utf-16-le"), "<u2").reshape(-1, 1)
-            ds = refs.create_dataset(next(names), data=chars)
-            ds.attrs["MATLAB_class"] = np.bytes_("char")
-            ds.attrs["MATLAB_int_decode"] = np.int32(2)
-            name_refs[i, 0] = ds.ref
-            bbox = refs.create_group(next(names))
-            bbox.attrs["MATLAB_class"] = np.bytes_("struct")
-            for j, key in enumerate(("left", "top", "width", "height", "label")):
-                if len(boxes) == 1:
-                    ds = bbox.create_dataset(key, data=np.array([[float(boxes[0][j])]]))
-                    ds.attrs["MATLAB_class"] = np.bytes_("double")
-                else:
-                    col = np.array([[double(b[j]).ref] for b in boxes], dtype=h5py.ref_dtype)
-                    ds = bbox.create_dataset(key, data=col, dtype=h5py.ref_dtype)
-                    ds.attrs["MATLAB_class"] = np.bytes_("cell")
-            bbox_refs[i, 0] = bbox.ref
-        for key, data in (("name", name_refs), ("bbox", bbox_refs)):
-            ds = group.create_dataset(key, data=data, dtype=h5py.ref_dtype)
-            ds.attrs["MATLAB_class"] = np.bytes_("cell")
-        if corrupt is not None:
-            corrupt(f, refs)
-    with open(path, "r+b") as fh:
-        fh.write(MATLAB_HEADER.ljust(116) + bytes(8) + b"\x00\x02IM")
+from digit_reader.train.data.hw2 import DataError, load_split
+from digit_reader.train.data.svhn_mat import convert_svhn, read_digitstruct
 
 
 def _png(path, w, h, value):
     Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
 
 
-def make_svhn(root, n_train=20, n_test=6, extra=0):
-    """A tiny extracted SVHN: each image's digits are its index, boxes deterministic."""
-    truth = {}
-    for source, n in (("train", n_train), ("test", n_test), ("extra", extra)):
-        if not n:
-            continue
-        d = root / source
-        d.mkdir(parents=True)
-        entries = []
-        for i in range(1, n + 1):
-            digits = [int(c) for c in str(i * 7)]
-            boxes = [(3 + 9 * j, 4, 8, 12, d or 10) for j, d in enumerate(digits)]
-            w, h = 10 + 9 * len(digits), 20 + i % 5
-            _png(d / f"{i}.png", w, h, (i * 11) % 256)
-            entries.append((f"{i}.png", boxes))
-            truth[f"{source}/{i}.png"] = (digits, boxes, (w, h))
-        write_digitstruct(d / "digitStruct.mat", entries)
-    return truth
-
-
-def test_read_digitstruct_single_and_multi_digit_and_label_10(tmp_path):
+def test_read_digitstruct_single_and_multi_digit_and_label_10(tmp_path, write_digitstruct):
     entries = [
         ("1.png", [(5, 6, 7, 8, 10)]),  # k == 1 stored directly, label 10 = digit 0
         ("2.png", [(1, 2, 3, 4, 1), (4.5, 2, 3, 4, 9), (8, 2, 3, 4, 10)]),  # k > 1 references
         ("some-name_10.png", [(0, 0, 1, 1, 5), (1, 0, 1, 1, 6)]),
     ]
     write_digitstruct(tmp_path / "digitStruct.mat", entries)
+    assert (tmp_path / "digitStruct.mat").read_bytes()[:10] == b"MATLAB 7.3"  # as MATLAB writes it
     got = read_digitstruct(tmp_path / "digitStruct.mat", progress=False)
     assert [e.name for e in got] == ["1.png", "2.png", "some-name_10.png"]
     assert [e.index for e in got] == [1, 2, 3]
@@ -117,13 +33,7 @@ def test_read_digitstruct_single_and_multi_digit_and_label_10(tmp_path):
     assert got[2].digits.tolist() == [5, 6]
 
 
-def test_file_starts_with_matlab_header(tmp_path):
-    write_digitstruct(tmp_path / "d.mat", [("1.png", [(1, 1, 1, 1, 1)])])
-    assert (tmp_path / "d.mat").read_bytes()[:10] == b"MATLAB 7.3"
-    assert h5py.File(tmp_path / "d.mat", "r").userblock_size == 512
-
-
-def test_convert_splits_renumbers_and_keeps_boxes(tmp_path):
+def test_convert_splits_renumbers_and_keeps_boxes(tmp_path, make_svhn):
     truth = make_svhn(tmp_path / "svhn", n_train=40, n_test=7)
     report = convert_svhn(
         tmp_path / "svhn", tmp_path / "out", seed=3, valid_fraction=0.25, progress=False
@@ -151,7 +61,7 @@ def test_convert_splits_renumbers_and_keeps_boxes(tmp_path):
     assert all(v.startswith("test/") for v in sources.values())  # the last split read is test
 
 
-def test_convert_is_deterministic_by_seed(tmp_path):
+def test_convert_is_deterministic_by_seed(tmp_path, make_svhn):
     make_svhn(tmp_path / "svhn", n_train=30, n_test=2)
 
     def run(seed, name):
@@ -166,7 +76,7 @@ def test_convert_is_deterministic_by_seed(tmp_path):
     assert images["a"]["test"] == images["c"]["test"]
 
 
-def test_convert_default_fraction_and_extra_folded_into_train(tmp_path):
+def test_convert_default_fraction_and_extra_folded_into_train(tmp_path, make_svhn):
     make_svhn(tmp_path / "svhn", n_train=50, n_test=0, extra=20)
     report = convert_svhn(tmp_path / "svhn", tmp_path / "out", progress=False)
     assert report.found == ["train", "extra"]
@@ -181,7 +91,7 @@ def test_convert_default_fraction_and_extra_folded_into_train(tmp_path):
     assert sources == {"train", "extra"}
 
 
-def test_convert_clips_and_drops_boxes(tmp_path):
+def test_convert_clips_and_drops_boxes(tmp_path, write_digitstruct):
     d = tmp_path / "svhn" / "test"
     d.mkdir(parents=True)
     _png(d / "1.png", 20, 10, 0)
@@ -193,7 +103,7 @@ def test_convert_clips_and_drops_boxes(tmp_path):
     assert s.boxes.tolist() == [[0, 1, 6, 10]] and s.digits.tolist() == [3]
 
 
-def test_convert_refuses_existing_output(tmp_path):
+def test_convert_refuses_existing_output(tmp_path, make_svhn):
     make_svhn(tmp_path / "svhn", n_train=0, n_test=2)
     convert_svhn(tmp_path / "svhn", tmp_path / "out", progress=False)
     with pytest.raises(DataError, match="already exists"):
@@ -262,7 +172,7 @@ def _dangling_ref(f, refs):
         (_dangling_ref, r"digitStruct\(2\) \(b.png\): .*object"),
     ],
 )
-def test_malformed_entry_names_file_and_index(tmp_path, corrupt, expect):
+def test_malformed_entry_names_file_and_index(tmp_path, corrupt, expect, write_digitstruct):
     path = tmp_path / "digitStruct.mat"
     entries = [("a.png", [(1, 1, 2, 2, 1)]), ("b.png", [(1, 1, 2, 2, 1), (3, 1, 2, 2, 2)])]
     write_digitstruct(path, entries, corrupt)
@@ -283,7 +193,7 @@ def test_not_hdf5_and_missing_struct(tmp_path):
         read_digitstruct(path, progress=False)
 
 
-def test_missing_and_corrupt_image_name_the_entry(tmp_path):
+def test_missing_and_corrupt_image_name_the_entry(tmp_path, write_digitstruct):
     d = tmp_path / "svhn" / "train"
     d.mkdir(parents=True)
     noise = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)

@@ -11,12 +11,20 @@ from PIL import Image
 
 from digit_reader.runtime.decode import decode_number
 from digit_reader.runtime.errors import UserError
-from digit_reader.train import hw2, layouts
-from digit_reader.train.synth import SYNTH_VERSION, image_rng, render, sample_layout, synthesize
+from digit_reader.train.data import hw2, layouts
+from digit_reader.train.data.synth import (
+    SYNTH_VERSION,
+    image_rng,
+    render,
+    sample_layout,
+    synthesize,
+)
 
-# SVHN train digitStruct, from the issue: digit counts and box-height percentiles (pixels)
-REAL_COUNTS = {1: 5137, 2: 18130, 3: 8691, 4: 1434, 5: 9, 6: 1}
-REAL_HEIGHTS = {1: 12, 10: 17, 50: 29, 90: 56, 99: 97}
+# real SVHN train (its digitStruct, full source), from the layouts asset: digits per image and
+# box-height percentiles in pixels
+REAL = layouts.load()
+REAL_COUNTS = REAL.count_hist
+REAL_HEIGHTS = REAL.height_percentiles
 COUNTS = {"train": 5, "valid": 3, "test": 2}
 
 
@@ -128,7 +136,20 @@ def test_layout_statistics_match_real_svhn():
     got = np.percentile(np.concatenate(heights), list(REAL_HEIGHTS))
     for (p, want), g in zip(REAL_HEIGHTS.items(), got, strict=True):
         assert abs(g - want) <= max(1.0, 0.05 * want), (p, g, want)
-    assert layouts.load().height_percentiles == {k: float(v) for k, v in REAL_HEIGHTS.items()}
+
+
+def test_the_reference_in_the_asset_is_whole():
+    """Totals, histogram and percentiles describe one source: no field was left out or edited."""
+    assert sum(REAL_COUNTS.values()) == REAL.source["images"]
+    assert sum(k * n for k, n in REAL_COUNTS.items()) == REAL.source["boxes"]
+    assert REAL.first_digit_hist.sum() == REAL.source["images"]
+    assert REAL.first_digit_hist.sum() + REAL.digit_hist.sum() == REAL.source["boxes"]
+    for table in (REAL.height_percentiles, REAL.width_percentiles, REAL.aspect_percentiles):
+        assert list(table) == list(layouts.PERCENTILES)
+        assert list(table.values()) == sorted(table.values())
+    # a box's aspect is its width over its height, so the medians must roughly agree
+    median_width = REAL.aspect_percentiles[50] * REAL.height_percentiles[50]
+    assert abs(median_width - REAL.width_percentiles[50]) < 2
 
 
 def test_rendered_boxes_keep_the_real_heights_and_counts():
@@ -142,7 +163,7 @@ def test_rendered_boxes_keep_the_real_heights_and_counts():
     q = np.concatenate(ratios)
     assert abs(np.median(q) - 1.0) < 0.02 and abs(q.mean() - 1.0) < 0.03
     assert np.percentile(q, 5) > 0.85 and np.percentile(q, 95) < 1.15
-    assert abs(counts[2] / 300 - 18130 / 33402) < 0.07
+    assert abs(counts[2] / 300 - REAL_COUNTS[2] / REAL.source["images"]) < 0.07
 
 
 def test_interrupted_run_leaves_nothing_half_written(tmp_path):
@@ -172,17 +193,25 @@ def test_refuses_existing_output_unless_overwrite_and_bad_arguments(tmp_path):
 
 def test_layout_table_rebuilds_from_the_digitstruct_export(tmp_path):
     src = tmp_path / "train_layouts.json"
+    digit_counts = [1, 2, 2, 3, 2, 5, 1, 2, 3, 2]
     data = {
         f"{i}.png": {
             "digits": "1" * k,
             "boxes_xywh_label": [[10 + 9 * j, 5 + i % 3, 8, 12 + i, 1] for j in range(k)],
         }
-        for i, k in enumerate([1, 2, 2, 3, 2, 5, 1, 2, 3, 2], start=1)
+        for i, k in enumerate(digit_counts, start=1)
     }
     src.write_text(json.dumps(data))
     asset = layouts.build(src, subsample=5)
     assert asset["source"]["images"] == 10 and asset["source"]["file"] == src.name
+    assert asset["source"]["boxes"] == 23
     assert asset["digit_count_histogram"] == {"1": 2, "2": 5, "3": 2, "5": 1}
+    heights = [12 + i for i, k in enumerate(digit_counts, start=1) for _ in range(k)]
+    want = np.percentile(heights, layouts.PERCENTILES)
+    assert list(asset["box_height_percentiles"].values()) == [round(v, 3) for v in want]
+    assert asset["box_width_percentiles"] == {str(p): 8.0 for p in layouts.PERCENTILES}
+    want = np.percentile(8 / np.array(heights), layouts.PERCENTILES)
+    assert list(asset["box_aspect_percentiles"].values()) == [round(v, 3) for v in want]
     rows = asset["layouts"]
     assert any(len(r) == 2 + 5 * 4 for r in rows)  # the rare 5-digit layout is always kept
     assert all(r[:4] == [10, r[1], 0, 0] for r in rows)  # margins, then boxes from the block
@@ -190,6 +219,7 @@ def test_layout_table_rebuilds_from_the_digitstruct_export(tmp_path):
     out.write_text(json.dumps(asset))
     table = layouts.load(out)
     assert sum(len(v) for v in table.by_count.values()) == len(rows)
+    assert table.width_percentiles == {p: 8.0 for p in layouts.PERCENTILES}
     src.write_text("{not json")
     with pytest.raises(UserError, match="train_layouts.json"):
         layouts.build(src)

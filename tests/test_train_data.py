@@ -7,8 +7,8 @@ import torch
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.preprocess import letterbox, open_rgb
 from digit_reader.train import checkpoint, presets, transforms
+from digit_reader.train.data.hw2 import CocoWriter, load_split
 from digit_reader.train.dataset import DigitDataset, epoch_batches
-from digit_reader.train.hw2 import CocoWriter, load_split
 
 
 def _image(rng) -> tuple[np.ndarray, np.ndarray]:
@@ -30,11 +30,27 @@ def test_reframe_moves_boxes_with_their_pixels(seed):
         np.testing.assert_array_equal(out[b1:b2, a1:a2], rgb[y1:y2, x1:x2])
 
 
-def test_photometric_keeps_shape_and_dtype():
-    rng = np.random.default_rng(0)
-    rgb, _ = _image(rng)
-    out = transforms.photometric(rgb, rng, 0.3)
-    assert out.shape == rgb.shape and out.dtype == np.uint8
+def test_photometric_changes_colours_by_seed_but_not_where_things_are():
+    """A plate (one colour) on a wall (another): every seed recolours the image its own way and
+    reproducibly, yet the plate stays one colour, in place, apart from the wall."""
+    rgb = np.empty((40, 90, 3), np.uint8)
+    rgb[:] = (200, 190, 180)
+    rgb[10:30, 20:60] = (30, 60, 90)
+    plate, wall = (slice(15, 25), slice(25, 55)), (slice(0, 40), slice(70, 90))  # 5 px off edges
+    seen = set()
+    for seed in range(20):
+        out = transforms.photometric(rgb, np.random.default_rng(seed), 0.3)
+        again = transforms.photometric(rgb, np.random.default_rng(seed), 0.3)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        assert np.array_equal(out, again)
+        assert not np.array_equal(out, rgb), seed
+        seen.add(out.tobytes())
+        inside, outside = out[plate].reshape(-1, 3), out[wall].reshape(-1, 3)
+        assert (np.ptp(inside, axis=0) <= 1).all() and (np.ptp(outside, axis=0) <= 1).all()
+        contrast = np.abs(inside.mean(0) - outside.mean(0)).sum()
+        assert contrast > 100, (seed, contrast)
+    assert len(seen) == 20
+    assert transforms.photometric(rgb, np.random.default_rng(0), 0.0) is rgb
 
 
 @pytest.fixture

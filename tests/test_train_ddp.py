@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from digit_reader.train import checkpoint, evaluate, presets
-from digit_reader.train.hw2 import load_split
-from digit_reader.train.synth import synthesize
+from digit_reader.train.data.hw2 import load_split
+from digit_reader.train.data.synth import synthesize
 
 pytestmark = pytest.mark.slow
 

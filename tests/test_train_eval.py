@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from digit_reader.train.data.hw2 import Sample
 from digit_reader.train.evaluate import (
     Detections,
     coco_ground_truth,
@@ -16,7 +17,6 @@ from digit_reader.train.evaluate import (
     whole_number_accuracy,
     write_submission,
 )
-from digit_reader.train.hw2 import Sample
 
 
 def _sample(image_id, boxes, digits, w=100, h=50):

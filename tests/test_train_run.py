@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from digit_reader.train import checkpoint, engine, presets
 from digit_reader.train.cli import main
-from digit_reader.train.synth import synthesize
+from digit_reader.train.data.synth import synthesize
 
 pytestmark = pytest.mark.slow
 ARGS = ["--preset", "nano", "--device", "cpu", "--epochs", "2", "--quiet", "--seed", "3"]

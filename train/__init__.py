@@ -1,4 +1,6 @@
-"""Training side of digit-reader: data sets (HW2 layout, SVHN .mat, synthetic), model, loop.
+"""Training side of digit-reader: model, presets, augmentation, the loop, evaluation, checkpoints.
 
-Modules import torch lazily where they can, so `digit-data` starts fast.
+Data sets (HW2 layout, SVHN .mat, synthetic, statistics, `digit-data`) are the torch-free
+subpackage `digit_reader.train.data`. Modules import torch lazily where they can, so
+`digit-train --help` starts fast.
 """

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from digit_reader.runtime.preprocess import boxes_to_canvas, letterbox, open_rgb, sharpened
 from digit_reader.train import transforms
-from digit_reader.train.hw2 import Sample
+from digit_reader.train.data.hw2 import Sample
 
 
 class DigitDataset(Dataset):

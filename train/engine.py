@@ -25,8 +25,8 @@ from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
 from digit_reader.train import checkpoint, distributed, evaluate, plots, presets
 from digit_reader.train.config import ModelConfig, TrainConfig
+from digit_reader.train.data.hw2 import LoadReport, load_split
 from digit_reader.train.dataset import DigitDataset, collate, epoch_batches, to_model_input
-from digit_reader.train.hw2 import LoadReport, load_split
 from digit_reader.train.model import build_model
 
 METRICS = "metrics.jsonl"

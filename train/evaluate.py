@@ -23,7 +23,7 @@ from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
 from digit_reader.runtime.preprocess import boxes_from_canvas
 from digit_reader.runtime.submission import coco_results, csv_text
 from digit_reader.train import distributed
-from digit_reader.train.hw2 import CATEGORIES, Sample
+from digit_reader.train.data.hw2 import CATEGORIES, Sample
 
 
 @dataclass

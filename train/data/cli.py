@@ -28,7 +28,7 @@ def main():
 
 
 def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
-    from digit_reader.train.stats import dataset_stats, format_stats
+    from digit_reader.train.data.stats import dataset_stats, format_stats
 
     stats = dataset_stats(root, verify_images=verify, log=_err)
     click.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
@@ -52,7 +52,7 @@ def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def synth(out, n_train, n_valid, n_test, seed, difficulty, workers, overwrite, as_json):
     """Synthesize SVHN-like house numbers (deterministic by seed) into ROOT, then summarize."""
-    from digit_reader.train.synth import synthesize
+    from digit_reader.train.data.synth import synthesize
 
     counts = {s: n for s, n in (("train", n_train), ("valid", n_valid), ("test", n_test)) if n}
     if not counts:
@@ -93,16 +93,11 @@ def convert_svhn_cmd(src, out, seed, valid_fraction, overwrite, as_json):
     digitStruct.mat) into ROOT: train (+extra) split into train/valid by seed, test kept as test
     with its test.json. Images are hard-linked when possible, else copied.
     """
-    from digit_reader.train.svhn_mat import convert_svhn
+    from digit_reader.train.data.svhn_mat import convert_svhn
 
     report = convert_svhn(src, out, seed, valid_fraction, overwrite=overwrite, log=_err)
-    for line in report.warnings:
-        _err(f"warning: {line}")
-    if report.clipped_boxes or report.dropped_boxes:
-        _err(
-            f"warning: {report.clipped_boxes} box(es) clipped to their image, "
-            f"{report.dropped_boxes} dropped for having no area inside it"
-        )
+    for line in report.lines():
+        _err(line)
     _err(f"images: {report.linked} hard-linked, {report.copied} copied")
     _print_stats(out, as_json)
 

@@ -6,8 +6,14 @@ in pixels, category_id 1..10 = digit 0..9, image_id = int(stem) of the file name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +48,19 @@ class Sample:
 
 @dataclass
 class LoadReport:
-    """What load_split had to fix or skip; printed as warnings with counts, never silently."""
+    """What loading (or converting) a data set had to fix or skip, counted and never silent.
+
+    Conversion fills in the rest: the sources it found, its per-split summaries, and how many
+    images it hard-linked or had to copy.
+    """
 
     clipped_boxes: int = 0
     dropped_boxes: int = 0
     warnings: list[str] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)
+    splits: dict[str, dict] = field(default_factory=dict)
+    linked: int = 0
+    copied: int = 0
 
     def warn(self, message: str, limit: int = 20) -> None:
         if len(self.warnings) < limit:
@@ -54,12 +68,42 @@ class LoadReport:
 
     def lines(self) -> list[str]:
         """Warnings (the first 20) and the totals, ready for stderr."""
-        if not (self.clipped_boxes or self.dropped_boxes):
-            return []
-        return [f"warning: {w}" for w in self.warnings] + [
-            f"warning: {self.clipped_boxes} box(es) clipped to their image, "
-            f"{self.dropped_boxes} dropped for having no area inside it"
-        ]
+        lines = [f"warning: {w}" for w in self.warnings]
+        if self.clipped_boxes or self.dropped_boxes:
+            lines.append(
+                f"warning: {self.clipped_boxes} box(es) clipped to their image, "
+                f"{self.dropped_boxes} dropped for having no area inside it"
+            )
+        return lines
+
+    def clip(self, where: str, xywh, size_wh, warn_clipped: bool = True):
+        """clip_box_xywh(*xywh, *size_wh), counted as clipped or dropped and warned about as
+        `where`; a dropped box is always named, a clipped one only with `warn_clipped`."""
+        (x, y, w, h), (width, height) = xywh, size_wh
+        box = clip_box_xywh(x, y, w, h, width, height)
+        if box is None:
+            self.dropped_boxes += 1
+            self.warn(
+                f"{where} box {[x, y, w, h]} has no area inside the {width}x{height} image; dropped"
+            )
+        elif box != (x, y, x + w, y + h):
+            self.clipped_boxes += 1
+            if warn_clipped:
+                self.warn(
+                    f"{where} box {[x, y, w, h]} reaches outside the {width}x{height} image; "
+                    "clipped"
+                )
+        return box
+
+
+def clip_box_xywh(x, y, w, h, width, height) -> tuple[float, float, float, float] | None:
+    """Box [x, y, w, h] clipped to a width x height image, as (x1, y1, x2, y2); None when less
+    than one pixel of width or height is left inside (so always when w <= 0 or h <= 0)."""
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        return None
+    return x1, y1, x2, y2
 
 
 def _read_json(path: Path):
@@ -139,24 +183,11 @@ def load_split(
                 f"{json_path}: annotations[{i}] has category_id {cat}; expected 1..10 (digit + 1)"
             )
         im = images[image_id]
-        x1, y1, x2, y2 = x, y, x + w, y + h
-        cx1, cy1 = min(max(x1, 0.0), im["w"]), min(max(y1, 0.0), im["h"])
-        cx2, cy2 = min(max(x2, 0.0), im["w"]), min(max(y2, 0.0), im["h"])
-        if w <= 0 or h <= 0 or cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
-            report.dropped_boxes += 1
-            report.warn(
-                f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} has no area "
-                f"inside the {im['w']}x{im['h']} image; dropped"
-            )
-            continue
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            report.clipped_boxes += 1
-            report.warn(
-                f"{json_path}: annotations[{i}] (image {image_id}) box {[x, y, w, h]} reaches "
-                f"outside the {im['w']}x{im['h']} image; clipped"
-            )
-        im["boxes"].append((cx1, cy1, cx2, cy2))
-        im["digits"].append(cat - 1)
+        where = f"{json_path}: annotations[{i}] (image {image_id})"
+        box = report.clip(where, (x, y, w, h), (im["w"], im["h"]))
+        if box is not None:
+            im["boxes"].append(box)
+            im["digits"].append(cat - 1)
     return [
         Sample(
             image_id=image_id,
@@ -258,6 +289,59 @@ class CocoWriter:
                 }
             )
 
-    def save(self, path) -> None:
-        coco = {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
+    def save(self, path, info: dict | None = None) -> None:
+        coco = {} if info is None else {"info": info}
+        coco.update(images=self.images, annotations=self.annotations, categories=CATEGORIES)
         atomic.write_json(path, coco)
+
+    def summary(self) -> dict:
+        """Images, boxes and the histogram of digits per image (images with boxes only)."""
+        per_image = Counter(a["image_id"] for a in self.annotations)
+        return {
+            "images": len(self.images),
+            "boxes": len(self.annotations),
+            "digit_counts": dict(sorted(Counter(per_image.values()).items())),
+        }
+
+
+@contextlib.contextmanager
+def staging(root, splits: Iterable[str], overwrite: bool, prefix: str) -> Iterator[Path]:
+    """A hidden temporary folder inside `root` to make splits in, removed at the end.
+
+    Refuses (before creating anything) splits whose folder or json exists unless `overwrite`;
+    making the splits inside `root` keeps write_splits' moves on one file system.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: exists and is not a directory")
+    clash = [p for s in splits for p in (root / s, root / f"{s}.json") if p.exists()]
+    if clash and not overwrite:
+        raise DataError(f"{clash[0]} already exists; choose another output or remove it")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_splits(
+    root, staged: Path, writers: dict[str, CocoWriter], info: Callable[[str, CocoWriter], dict]
+) -> dict[str, dict]:
+    """Move each staged/{split} folder to root/{split} and write root/{split}.json after it.
+
+    The old json goes first and the new one is written atomically last, so an interrupted run
+    never leaves a json pointing at missing images. `info(split, writer)` is the json's info
+    block. Returns {split: CocoWriter.summary()}.
+    """
+    root = Path(root)
+    summaries = {}
+    for split, writer in writers.items():
+        final, json_path = root / split, root / f"{split}.json"
+        json_path.unlink(missing_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged / split, final)
+        writer.save(json_path, info(split, writer))
+        summaries[split] = writer.summary()
+    return summaries

@@ -1,6 +1,6 @@
 """Synthetic SVHN-like house-number crops in the HW2 layout: the project's embedded default data.
 
-Geometry comes from real SVHN train layouts (train/layouts.py): digit count, box heights,
+Geometry comes from real SVHN train layouts (layouts.py): digit count, box heights,
 vertical offsets and gaps, and the crop's left and top margins are taken from one real image,
 all in original pixels, so box-size statistics match real SVHN. The layouts hold no image
 sizes; SVHN format-1 images are crops with context around the number, so the right and bottom
@@ -21,11 +21,7 @@ import io
 import math
 import multiprocessing
 import operator
-import os
-import shutil
-import tempfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -33,10 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
-from digit_reader.train import layouts as layouts_mod
-from digit_reader.train.hw2 import CATEGORIES, SPLITS, CocoWriter
+from digit_reader.train.data import layouts as layouts_mod
+from digit_reader.train.data.hw2 import SPLITS, CocoWriter, staging, write_splits
 
 SYNTH_VERSION = "svhn-like-1"
 
@@ -544,17 +539,10 @@ def synthesize(
     """
     counts, seed, workers = _check(counts, seed, difficulty, workers)
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a directory")
-    clash = [p for s in counts for p in (root / s, root / f"{s}.json") if p.exists()]
-    if clash and not overwrite:
-        raise UserError(f"{clash[0]} already exists; choose another output or remove it")
     font_paths()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=root))
     summary: dict = {"root": str(root), "synth_version": SYNTH_VERSION, "seed": seed}
-    summary.update(difficulty=float(difficulty), splits={})
-    try:
+    summary.update(difficulty=float(difficulty))
+    with staging(root, counts, overwrite, ".synth-") as tmp:
         writers: dict[str, CocoWriter] = {}
         done = 0
         pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
@@ -574,13 +562,9 @@ def synthesize(
             if pool is not None:
                 pool.terminate()
         source = layouts_mod.load().source
-        for split, writer in writers.items():
-            final, json_path = root / split, root / f"{split}.json"
-            json_path.unlink(missing_ok=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / split, final)
-            info = {
+
+        def info(split: str, _writer) -> dict:
+            return {
                 "description": "synthetic SVHN-like house numbers (digit-reader train.synth)",
                 "synth_version": SYNTH_VERSION,
                 "seed": seed,
@@ -588,15 +572,6 @@ def synthesize(
                 "difficulty": float(difficulty),
                 "layouts_from": {k: source[k] for k in ("file", "what", "images", "sha256")},
             }
-            coco = {"info": info, "images": writer.images, "annotations": writer.annotations}
-            coco["categories"] = CATEGORIES
-            atomic.write_json(json_path, coco)
-            per_count = Counter(Counter(a["image_id"] for a in writer.annotations).values())
-            summary["splits"][split] = {
-                "images": len(writer.images),
-                "boxes": len(writer.annotations),
-                "digit_counts": dict(sorted(per_count.items())),
-            }
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+        summary["splits"] = write_splits(root, tmp, writers, info)
     return summary

@@ -6,9 +6,13 @@ It holds boxes only, no image sizes. The table keeps, for a deterministic strati
 of images, the real left and top margins (the block's offset in its image) and each box
 relative to the digit block's top-left corner, all in original image pixels. The full digit-count
 and digit histograms are kept too, so counts are sampled with real frequencies even where the
-subsample is thin (every 5- and 6-digit layout is kept).
+subsample is thin (every 5- and 6-digit layout is kept), and with the full source's image and
+box totals and box height, width and aspect percentiles they are the project's one copy of the
+real SVHN-train reference (`digit-data stats` prints it, the tests hold synth to it).
 
-    python -m train.layouts /path/to/train_layouts.json   # rewrites train/assets/svhn_layouts.json
+    python -m digit_reader.train.data.layouts /path/to/train_layouts.json
+
+rewrites train/data/assets/svhn_layouts.json (the asset synth.py samples from).
 """
 
 from __future__ import annotations
@@ -39,9 +43,22 @@ class Layouts:
     count_hist: dict[int, int]
     first_digit_hist: np.ndarray  # (10,) counts of the leftmost digit
     digit_hist: np.ndarray  # (10,) counts of every other digit
-    height_percentiles: dict[int, float]  # real box-height percentiles, full source
+    height_percentiles: dict[int, float]  # real box percentiles (PERCENTILES), full source
+    width_percentiles: dict[int, float]
+    aspect_percentiles: dict[int, float]  # width / height
     by_count: dict[int, list[tuple[np.ndarray, np.ndarray]]]
-    source: dict
+    source: dict  # file, what, images, boxes, sha256, ...
+
+
+def percentiles(values) -> list[float]:
+    """PERCENTILES of `values`, rounded to 3 decimals."""
+    values = np.asarray(values, dtype=np.float64)
+    return [round(float(v), 3) for v in np.percentile(values, PERCENTILES)]
+
+
+def aspects(widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """Box width / height (a zero height counts as 1e-9), in the arrays' own precision."""
+    return widths / np.maximum(heights, 1e-9)
 
 
 def _block(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +79,8 @@ def build(source: Path, subsample: int = SUBSAMPLE) -> dict:
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{source}: not an SVHN layouts json ({e!r})") from None
     counts = Counter(len(e) for e in entries)
-    heights = np.concatenate([e[:, 3] for e in entries])
+    boxes = np.concatenate(entries)
+    widths, heights = boxes[:, 2], boxes[:, 3]
     first = np.bincount([e[0, 4] % 10 for e in entries], minlength=10)
     rest = np.bincount(np.concatenate([e[1:, 4] % 10 for e in entries]), minlength=10)
 
@@ -88,21 +106,25 @@ def build(source: Path, subsample: int = SUBSAMPLE) -> dict:
             "file": source.name,
             "what": "SVHN format-1 train digitStruct.mat boxes (left, top, width, height, label)",
             "images": total,
+            "boxes": len(boxes),
             "sha256": hashlib.sha256(raw).hexdigest(),
             "kept": len(layouts),
             "sampling": "per digit count, every n-th layout by mean box height; k>=5 all kept",
-            "made_by": "python -m train.layouts",
+            "made_by": "python -m digit_reader.train.data.layouts",
         },
         "digit_count_histogram": {str(k): int(v) for k, v in sorted(counts.items())},
         "first_digit_histogram": first.tolist(),
         "other_digit_histogram": rest.tolist(),
-        "box_height_percentiles": {
-            str(p): float(v)
-            for p, v in zip(PERCENTILES, np.percentile(heights, PERCENTILES), strict=True)
-        },
+        "box_height_percentiles": _by_percentile(heights),
+        "box_width_percentiles": _by_percentile(widths),
+        "box_aspect_percentiles": _by_percentile(aspects(widths, heights)),
         "fields": "left_margin top_margin then per box x y w h relative to the block's top-left",
         "layouts": layouts,
     }
+
+
+def _by_percentile(values) -> dict[str, float]:
+    return {str(p): v for p, v in zip(PERCENTILES, percentiles(values), strict=True)}
 
 
 @lru_cache(maxsize=1)
@@ -118,6 +140,8 @@ def load(path: Path = ASSET) -> Layouts:
         first_digit_hist=np.asarray(asset["first_digit_histogram"], dtype=np.float64),
         digit_hist=np.asarray(asset["other_digit_histogram"], dtype=np.float64),
         height_percentiles={int(k): v for k, v in asset["box_height_percentiles"].items()},
+        width_percentiles={int(k): v for k, v in asset["box_width_percentiles"].items()},
+        aspect_percentiles={int(k): v for k, v in asset["box_aspect_percentiles"].items()},
         by_count=by_count,
         source=asset["source"],
     )

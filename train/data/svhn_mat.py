@@ -14,15 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from digit_reader.runtime import atomic
-from digit_reader.train.hw2 import CATEGORIES, CocoWriter, DataError
+from digit_reader.train.data.hw2 import CocoWriter, DataError, LoadReport, staging, write_splits
 
 FIELDS = ("left", "top", "width", "height", "label")
 # HW2 split 30,062 train / 3,340 valid of SVHN's 33,402 train images.
@@ -165,21 +162,6 @@ def _bar(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
-@dataclass
-class ConvertReport:
-    found: list[str] = field(default_factory=list)
-    splits: dict[str, dict] = field(default_factory=dict)
-    clipped_boxes: int = 0
-    dropped_boxes: int = 0
-    linked: int = 0
-    copied: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, message: str, limit: int = 20) -> None:
-        if len(self.warnings) < limit:
-            self.warnings.append(message)
-
-
 def find_sources(src_dir) -> dict[str, Path]:
     """{source: dir} for each of train/, test/, extra/ under src_dir holding a digitStruct.mat."""
     src = Path(src_dir)
@@ -216,7 +198,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"{path} is truncated or corrupt ({e})") from None
 
 
-def _place(src: Path, dst: Path, report: ConvertReport) -> None:
+def _place(src: Path, dst: Path, report: LoadReport) -> None:
     try:
         os.link(src, dst)
         report.linked += 1
@@ -234,7 +216,7 @@ def convert_svhn(
     overwrite: bool = False,
     progress: bool = True,
     log=None,
-) -> ConvertReport:
+) -> LoadReport:
     """Write out_root/{train,valid,test}/1..N.png and {split}.json from extracted SVHN format 1.
 
     SVHN train (plus extra, when present) is split into train/valid by a seeded permutation;
@@ -248,7 +230,7 @@ def convert_svhn(
     if int(seed) < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")
     found = find_sources(src_dir)
-    report = ConvertReport(found=list(found))
+    report = LoadReport(found=list(found))
     missing = [s for s in SOURCES if s not in found]
     log(
         f"found {', '.join(f'{s}/' for s in found)} in {src_dir}"
@@ -271,12 +253,7 @@ def convert_svhn(
         entries = read_digitstruct(found["test"] / "digitStruct.mat", progress)
         plan["test"] = [("test", found["test"], e) for e in entries]
 
-    clash = [p for s in plan for p in (out / s, out / f"{s}.json") if p.exists()]
-    if clash and not overwrite:
-        raise DataError(f"{clash[0]} already exists; choose another output or remove it")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out))
-    try:
+    with staging(out, plan, overwrite, ".convert-") as tmp:
         writers = {}
         for split, items in plan.items():
             (tmp / split).mkdir()
@@ -299,50 +276,30 @@ def convert_svhn(
                 _place(image, tmp / split / file_name, report)
                 writer.add(new_id, file_name, w, h, boxes, digits)
                 writer.images[-1]["source"] = f"{source}/{entry.name}"
-        for split, writer in writers.items():
-            final, json_path = out / split, out / f"{split}.json"
-            json_path.unlink(missing_ok=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp / split, final)
-            coco = {
-                "info": {
-                    "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
-                    "split": split,
-                    "seed": int(seed),
-                    "valid_fraction": float(valid_fraction),
-                    "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
-                },
-                "images": writer.images,
-                "annotations": writer.annotations,
-                "categories": CATEGORIES,
+
+        def info(split: str, writer: CocoWriter) -> dict:
+            return {
+                "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
+                "split": split,
+                "seed": int(seed),
+                "valid_fraction": float(valid_fraction),
+                "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
             }
-            atomic.write_json(json_path, coco)
-            per_image = Counter(a["image_id"] for a in writer.annotations)
-            report.splits[split] = {
-                "images": len(writer.images),
-                "boxes": len(writer.annotations),
-                "digit_counts": dict(sorted(Counter(per_image.values()).items())),
-            }
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+        report.splits = write_splits(out, tmp, writers, info)
     return report
 
 
-def _clip(entry: MatEntry, w: int, h: int, mat: Path, report: ConvertReport):
+def _clip(entry: MatEntry, w: int, h: int, mat: Path, report: LoadReport):
+    """The entry's boxes clipped to its w x h image (xywh) and their digits. Clipped boxes are
+    counted but not named: real SVHN boxes often poke out of their crop by a pixel, and naming
+    them would crowd the dropped boxes out of the capped warnings."""
+    where = f"{mat}: digitStruct({entry.index}) ({entry.name})"
     boxes, digits = [], []
-    for (x, y, bw, bh), d in zip(entry.boxes_xywh, entry.digits, strict=True):
-        x1, y1 = min(max(x, 0.0), w), min(max(y, 0.0), h)
-        x2, y2 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
-        if x2 - x1 < 1.0 or y2 - y1 < 1.0:
-            report.dropped_boxes += 1
-            report.warn(
-                f"{mat}: digitStruct({entry.index}) ({entry.name}) box {[x, y, bw, bh]} has no "
-                f"area inside the {w}x{h} image; dropped"
-            )
-            continue
-        if (x1, y1, x2, y2) != (x, y, x + bw, y + bh):
-            report.clipped_boxes += 1
-        boxes.append((x1, y1, x2 - x1, y2 - y1))
-        digits.append(int(d))
+    for xywh, d in zip(entry.boxes_xywh, entry.digits, strict=True):
+        box = report.clip(where, xywh, (w, h), warn_clipped=False)
+        if box is not None:
+            x1, y1, x2, y2 = box
+            boxes.append((x1, y1, x2 - x1, y2 - y1))
+            digits.append(int(d))
     return boxes, digits

@@ -1,7 +1,7 @@
 """Layout statistics of an HW2-layout data set, beside the real SVHN-train numbers.
 
-The reference numbers are SVHN format-1 train (33,402 images, 73,257 boxes), computed from its
-digitStruct.mat boxes; they are what `digit-data synth` aims at.
+The reference is SVHN format-1 train, computed from its digitStruct.mat boxes and kept once, in
+the layouts asset (layouts.py); it is what `digit-data synth` aims at.
 """
 
 from __future__ import annotations
@@ -11,24 +11,26 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.train.hw2 import SPLITS, DataError, LoadReport, load_split
+from digit_reader.train.data import layouts
+from digit_reader.train.data.hw2 import SPLITS, DataError, LoadReport, load_split
+from digit_reader.train.data.layouts import PERCENTILES, aspects, percentiles
 
-PERCENTILES = (1, 10, 50, 90, 99)
-SVHN_TRAIN = {
-    "images": 33402,
-    "boxes": 73257,
-    "digit_counts": {1: 5137, 2: 18130, 3: 8691, 4: 1434, 5: 9, 6: 1},
-    "box_height": [12.0, 17.0, 29.0, 56.0, 97.0],
-    "box_width": [4.0, 7.0, 14.0, 30.0, 54.0],
-    "box_aspect_wh": [0.214, 0.321, 0.484, 0.660, 0.846],
-}
+
+def svhn_train_reference() -> dict:
+    """SVHN train's totals, digits per image and box-size percentiles, as split_stats words them."""
+    lay = layouts.load()
+    return {
+        "images": lay.source["images"],
+        "boxes": lay.source["boxes"],
+        "digit_counts": dict(lay.count_hist),
+        "box_height": [lay.height_percentiles[p] for p in PERCENTILES],
+        "box_width": [lay.width_percentiles[p] for p in PERCENTILES],
+        "box_aspect_wh": [lay.aspect_percentiles[p] for p in PERCENTILES],
+    }
 
 
 def _pct(values) -> list[float] | None:
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return None
-    return [round(float(v), 3) for v in np.percentile(values, PERCENTILES)]
+    return percentiles(values) if len(values) else None
 
 
 def split_stats(samples, report: LoadReport | None = None, labelled: bool = True) -> dict:
@@ -44,7 +46,7 @@ def split_stats(samples, report: LoadReport | None = None, labelled: bool = True
         "digits": dict(sorted(Counter(int(d) for s in samples for d in s.digits).items())),
         "box_height": _pct(h),
         "box_width": _pct(w),
-        "box_aspect_wh": _pct(w / np.maximum(h, 1e-9)),
+        "box_aspect_wh": _pct(aspects(w, h)),
         "image_width": _pct([s[0] for s in sizes]),
         "image_height": _pct([s[1] for s in sizes]),
     }
@@ -58,7 +60,8 @@ def dataset_stats(root, verify_images: bool = False, log=None) -> dict:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such directory")
-    result = {"root": str(root), "splits": {}, "reference_svhn_train": _jsonable(SVHN_TRAIN)}
+    ref = _jsonable(svhn_train_reference())
+    result = {"root": str(root), "splits": {}, "reference_svhn_train": ref}
     for split in SPLITS:
         if not ((root / f"{split}.json").exists() or (root / split).is_dir()):
             continue
@@ -101,7 +104,7 @@ def _fmt_pct(values) -> str:
 
 def format_stats(stats: dict) -> str:
     """Plain-text table: one block per split, each line beside the SVHN-train reference."""
-    ref = SVHN_TRAIN
+    ref = svhn_train_reference()
     ref_total = sum(ref["digit_counts"].values())
     lines = [f"data set {stats['root']}  (reference: real SVHN train, {ref['images']:,} images)"]
     for split, st in stats["splits"].items():
