@@ -18,7 +18,7 @@ from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import TensorRTProbe, probe
-from digit_reader.train.hw2 import load_split
+from digit_reader.train.data.hw2 import load_split
 
 pytestmark = pytest.mark.slow
 GPU_HERE = TensorRTProbe("10.13.0", 1, "Fake GPU", "8.6", problem=None)
