@@ -19,8 +19,8 @@ def report(e: UserError) -> int:
     return e.code
 
 
-class Command(click.Command):
-    """A click command whose UserErrors end the program with one line and their exit code."""
+class _ReportsUserErrors:
+    """Mixed into click's Command and Group: -h works, a UserError ends with one line."""
 
     def __init__(self, *args, **kwargs):
         kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
@@ -33,18 +33,12 @@ class Command(click.Command):
             ctx.exit(report(e))
 
 
-class Group(click.Group):
+class Command(_ReportsUserErrors, click.Command):
+    """A click command whose UserErrors end the program with one line and their exit code."""
+
+
+class Group(_ReportsUserErrors, click.Group):
     """A click group whose subcommands and subgroups report UserErrors the same way."""
 
     command_class = Command
     group_class = type  # subgroups are Groups too
-
-    def __init__(self, *args, **kwargs):
-        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
-        super().__init__(*args, **kwargs)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            ctx.exit(report(e))
