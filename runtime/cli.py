@@ -15,6 +15,7 @@ import click
 
 from digit_reader.runtime import atomic
 from digit_reader.runtime.command import Command
+from digit_reader.runtime.draw import Drawer
 from digit_reader.runtime.errors import ImageError
 from digit_reader.runtime.preprocess import is_image_path
 from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
@@ -72,7 +73,21 @@ def _err(message: str) -> None:
     type=click.IntRange(1),
     help="threads that decode and letterbox images ahead of the model",
 )
-def main(paths, model, batch_size, threshold, json_path, device, workers):
+@click.option(
+    "--draw",
+    "draw_dir",
+    type=click.Path(file_okay=False),
+    help="also write each image with its boxes, digits, scores and number here (PNG, same name)",
+)
+@click.option("--draw-all", is_flag=True, help="with --draw: also the boxes below the threshold")
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False),
+    help="also write a contact sheet of the first 24 images' drawings here (PNG)",
+)
+def main(
+    paths, model, batch_size, threshold, json_path, device, workers, draw_dir, draw_all, sheet
+):
     """Read the house number in each image of PATH... (files or directories).
 
     Writes `image_id,pred_label` CSV to stdout (HW2's pred.csv: image_id = int(stem) for
@@ -96,6 +111,7 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
         f"digit-read: {len(files)} images, {reader.path.name} on {reader.backend.name}, "
         f"canvas {reader.canvas[0]}x{reader.canvas[1]}, batch {reader.batch_size}"
     )
+    drawer = Drawer(draw_dir, draw_all, sheet) if (draw_dir or sheet) else None
     out = sys.stdout
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_HEADER)
@@ -113,6 +129,12 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
             n_bad += 1
             _err(f"\nerror: {pred}" if bar else f"error: {pred}")
             continue
+        if drawer:
+            try:
+                drawer.add(path, pred)
+            except (ImageError, OSError) as e:  # the file changed since it was read, disk full
+                n_bad += 1
+                _err(f"error: {path}: no drawing ({e})")
         n_ok += 1
         image_id = image_id_for(path)
         writer.writerow((image_id, pred.number))
@@ -124,6 +146,8 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
     seconds = time.perf_counter() - start
     if json_path:
         atomic.write_text(json_path, json.dumps(results) + "\n")
+    if drawer:
+        drawer.close()
     _err(
         f"digit-read: {n_ok} read, {n_bad} failed in {seconds:.1f} s "
         f"({n_ok / max(seconds, 1e-9):.1f} images/s)"
