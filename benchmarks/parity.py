@@ -76,10 +76,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
             continue
         _log(f"parity: {form.name} ({form.path.name})")
         reader = Reader(form.path, device=device)
-        dets = [
-            evaluate.Detections(p.boxes, p.scores, p.digits)
-            for p in reader.read([s.path for s in samples])
-        ]
+        dets = [p.detections for p in reader.read([s.path for s in samples])]
         result = parity.measure(ref, dets, names)
         passed, bad = result.verdict(form.precision, cfg.box_score_thresh)
         rows.append(

@@ -7,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from digit_reader.runtime.decode import Prediction, decode_number, reading_order
+from digit_reader.runtime.decode import (
+    Detections,
+    Prediction,
+    decode_number,
+    reading_order,
+    split_outputs,
+)
 from digit_reader.runtime.submission import coco_results, csv_text, image_id_for, natural_key
 
 
@@ -37,6 +43,21 @@ def test_prediction_keeps_every_detection_and_orders_kept_ones():
     assert p.number == "12"
     assert len(p.scores) == 3
     np.testing.assert_array_equal(p.digit_boxes[:, 0], [1, 9])
+    assert p.detections.number() == p.number
+
+
+def test_graph_outputs_split_into_one_detections_per_image():
+    out = {
+        "num_dets": np.array([2, 0], np.int32),
+        "boxes": np.array([[[5, 0, 6, 1], [1, 0, 2, 1], [0, 0, 0, 0]]] * 2, np.float32),
+        "scores": np.array([[0.9, 0.8, 0.0]] * 2, np.float32),
+        "labels": np.array([[4, 3, -1]] * 2, np.int32),
+    }
+    first, second = split_outputs(out)
+    assert [first.number(), second.number()] == ["34", "-1"]
+    assert first.digits.dtype == np.int64 and first.boxes.dtype == np.float32
+    assert len(second.scores) == 0 and second.boxes.shape == (0, 4)
+    assert Detections([], [], []).boxes.shape == (0, 4)
 
 
 def test_image_ids_and_natural_order():

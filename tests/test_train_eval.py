@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from digit_reader.runtime.decode import Detections
 from digit_reader.train.evaluate import (
-    Detections,
     coco_ground_truth,
     coco_map,
     whole_number_accuracy,

@@ -12,30 +12,17 @@ import io
 import json
 import sys
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from digit_reader.runtime import atomic
-from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
 from digit_reader.runtime.preprocess import boxes_from_canvas
 from digit_reader.runtime.submission import coco_results, csv_text
 from digit_reader.train import distributed
-from digit_reader.train.hw2 import CATEGORIES, Sample
-
-
-@dataclass
-class Detections:
-    """One image's detections in original-image pixels; digits = model label - 1."""
-
-    boxes: np.ndarray  # (n, 4) x1 y1 x2 y2
-    scores: np.ndarray  # (n,)
-    digits: np.ndarray  # (n,) 0..9
-
-    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
-        return decode_number(self.boxes, self.scores, self.digits, threshold)
+from digit_reader.train.hw2 import CocoWriter, Sample
 
 
 def from_model_output(out: dict, scale: float, size_wh: tuple[int, int]) -> Detections:
@@ -101,22 +88,12 @@ def whole_number_accuracy(
 
 
 def coco_ground_truth(samples: list[Sample]) -> dict:
-    images, anns = [], []
+    """The samples' labels as the COCO object pycocotools scores against (the HW2 json)."""
+    coco = CocoWriter()
     for s in samples:
-        images.append({"id": s.image_id, "width": s.width, "height": s.height})
-        for (x1, y1, x2, y2), d in zip(s.boxes.tolist(), s.digits.tolist(), strict=True):
-            w, h = x2 - x1, y2 - y1
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": s.image_id,
-                    "bbox": [x1, y1, w, h],
-                    "category_id": d + 1,
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": anns, "categories": CATEGORIES}
+        xywh = [(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in s.boxes.tolist()]
+        coco.add(s.image_id, s.path.name, s.width, s.height, xywh, s.digits.tolist())
+    return coco.to_dict()
 
 
 def coco_map(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:

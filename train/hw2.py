@@ -258,6 +258,8 @@ class CocoWriter:
                 }
             )
 
+    def to_dict(self) -> dict:
+        return {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
+
     def save(self, path) -> None:
-        coco = {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
-        atomic.write_json(path, coco)
+        atomic.write_json(path, self.to_dict())
