@@ -1,4 +1,4 @@
-"""Validation metrics as the report defines them, and the HW2 submission from a checkpoint.
+"""Predictions of the eager model in original-image pixels, and the report's validation metrics.
 
 Whole-number accuracy uses runtime.decode.decode_number (score >= 0.5, left to right, ties by
 top edge, "-1" when nothing is kept), the same rule as the reader and the export parity gate.
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from digit_reader.runtime import atomic
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
 from digit_reader.runtime.preprocess import boxes_from_canvas
-from digit_reader.runtime.submission import coco_results, csv_text
+from digit_reader.runtime.submission import coco_results
 from digit_reader.train import distributed
 from digit_reader.train.hw2 import CocoWriter, Sample
 
@@ -119,24 +115,3 @@ def coco_map(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
 
 def metrics(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
     return {"accuracy": whole_number_accuracy(dets, samples), **coco_map(dets, samples)}
-
-
-def write_submission(out_dir: str | Path, dets: list[Detections], samples: list[Sample]) -> dict:
-    """HW2 files: pred.json (all detections), pred.csv (every image), and both in a zip."""
-    out_dir = Path(out_dir)
-    results, rows = [], []
-    for d, s in zip(dets, samples, strict=True):
-        results += coco_results(s.image_id, d.boxes, d.scores, d.digits)
-        rows.append((s.image_id, d.number()))
-    pred_json = json.dumps(results)
-    pred_csv = csv_text(rows)
-    paths = {"json": out_dir / "pred.json", "csv": out_dir / "pred.csv"}
-    atomic.write_text(paths["json"], pred_json + "\n")
-    atomic.write_text(paths["csv"], pred_csv)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("pred.json", pred_json + "\n")
-        z.writestr("pred.csv", pred_csv)
-    paths["zip"] = out_dir / "submission.zip"
-    atomic.write_bytes(paths["zip"], buf.getvalue())
-    return {k: str(v) for k, v in paths.items()}
