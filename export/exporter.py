@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from digit_reader.export import fp16, graph_rules, parity, samples
+from digit_reader.export import fp16, graph_rules, parity
 from digit_reader.export.defaults import (
     BOX_TOL_PX,
     FP16_MIN_AGREEMENT,
@@ -32,7 +32,7 @@ from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, probe, why_no_engine
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
-from digit_reader.train import checkpoint
+from digit_reader.train import checkpoint, samples
 
 FILES = {"fp32": ("model.onnx", "model.engine"), "fp16": ("model.fp16.onnx", "model.fp16.engine")}
 

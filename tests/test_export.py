@@ -8,12 +8,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from digit_reader.export import exporter, fp16, graph_rules, parity, samples
+from digit_reader.export import exporter, fp16, graph_rules, parity
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.tensorrt_engine import probe
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
-from digit_reader.train import checkpoint
+from digit_reader.train import checkpoint, samples
 from digit_reader.train.hw2 import load_split
 
 pytestmark = pytest.mark.slow

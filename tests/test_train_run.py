@@ -135,6 +135,19 @@ def test_nan_loss_stops_with_a_clear_message(data, tmp_path):
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
+def test_train_speed_reads_when_a_finished_run_reached_a_bar(straight):
+    from digit_reader.benchmarks.cli import main as bench
+
+    run, _ = straight
+    result = CliRunner().invoke(
+        bench, ["train-speed", "--from-run", str(run), "--to-accuracy", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["to_accuracy"]
+    assert report["reached"]["epoch"] == 1 and [r["epoch"] for r in report["per_epoch"]] == [1, 2]
+    assert report["best"] == json.loads((run / "summary.json").read_text())["best"]
+
+
 def test_existing_run_is_not_overwritten(straight, data):
     run, _ = straight
     result = CliRunner().invoke(main, ["--data", str(data), "--out", str(run), *ARGS])
