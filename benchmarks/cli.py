@@ -57,7 +57,12 @@ def _exit(fn, *args) -> None:
     type=EXISTING_DIR,
     help="digit-export directory (model.json and its model files).",
 )
-@click.option("--data", required=True, type=EXISTING_DIR, help="HW2-layout root with labels.")
+@click.option(
+    "--data",
+    required=True,
+    type=EXISTING_DIR,
+    help="HW2-layout root; on a split without labels, agreement with PyTorch only.",
+)
 @click.option("--split", default="valid", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

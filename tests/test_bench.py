@@ -68,6 +68,27 @@ def test_parity_writes_json_and_markdown_and_passes(nano_run, export_dir, synth_
     assert _bench("report", tmp_path / "parity.json").stdout == md  # re-rendered from the JSON
 
 
+def test_an_unlabelled_split_reports_agreement_only(nano_run, export_dir, synth_root, tmp_path):
+    """HW2's test/ comes without test.json: accuracy and mAP are not available, not 0."""
+    data = tmp_path / "hw2"
+    shutil.copytree(synth_root / "test", data / "test")
+    result = _bench(
+        *("parity", "--run", nano_run, "--export", export_dir, "--data", data),
+        *("--split", "test", "--out", tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    ran = [r for r in report["rows"] if not r["status"].startswith("skipped")]
+    assert [r["form"] for r in ran] == ["PyTorch eager", "onnxruntime fp32", "onnxruntime fp16"]
+    for r in ran:
+        assert (r["accuracy"], r["map"], r["map50"]) == (None, None, None), r["form"]
+        assert r["same_as_pytorch"] >= 0.99
+    assert report["labelled"] is False and report["images"] == 12 and report["passed"]
+    md = (tmp_path / "parity.md").read_text()
+    assert "| onnxruntime fp32 | pass | n/a | n/a |" in md
+    assert "no labels: agreement with PyTorch only" in md
+
+
 def test_a_perturbed_fp32_graph_fails_parity(nano_run, export_dir, synth_root, tmp_path):
     bad = _perturbed_copy(export_dir, tmp_path, "model.onnx", sigma=0.5)
     result = _bench("parity", "--run", nano_run, "--export", bad, "--data", synth_root)
