@@ -74,12 +74,14 @@ def test_csv_is_exactly_what_graders_read():
     assert rows[0]["pred_label"] == "007"  # read as strings, leading zeros kept
 
 
-def test_coco_results_are_xywh_with_category_digit_plus_one():
-    res = coco_results(5, [[10, 20, 14, 30]], [0.75], [0])
+def test_coco_results_are_json_xywh_with_category_digit_plus_one():
+    # numpy in, as the model gives them: float32 boxes and scores, int64 digits
+    boxes = np.array([[10, 20, 14, 30.5]], np.float32)
+    res = coco_results(5, boxes, np.array([0.75], np.float32), np.array([0], np.int64))
     assert res == [
-        {"image_id": 5, "bbox": [10.0, 20.0, 4.0, 10.0], "score": 0.75, "category_id": 1}
+        {"image_id": 5, "bbox": [10.0, 20.0, 4.0, 10.5], "score": 0.75, "category_id": 1}
     ]
-    json.dumps(res)
+    assert json.loads(json.dumps(res)) == res  # plain JSON numbers: pred.json as graders read it
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
