@@ -1,17 +1,24 @@
-"""`digit-bench parity|latency`: accuracy parity of every exported form against PyTorch, and
-latency of every backend, precision and batch size. Tables on stdout, JSON and Markdown files
-beside the export; progress on stderr. Exit 1 when parity fails, 2 on usage errors."""
+"""`digit-bench`: accuracy parity of every exported form against PyTorch, latency of every
+backend, precision and batch size, the reader's, generator's and training loop's speed, and
+Markdown re-rendered from saved results. Tables and JSON on stdout, result files beside the
+export, progress on stderr. Exit 1 when parity fails, 2 on usage errors.
+
+Each command imports its benchmark only when it runs, so `--help` needs no torch."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import click
 
 from digit_reader.runtime.command import Group
+from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
+OUT_DIR = click.Path(file_okay=False, path_type=Path)
 
 
 def _batches(ctx, param, value: str) -> list[int]:
@@ -26,7 +33,8 @@ def _batches(ctx, param, value: str) -> list[int]:
 
 @click.group(cls=Group)
 def main():
-    """Parity and latency benchmarks of exported models."""
+    """Benchmarks: parity and latency of exported models, reader, generator and training
+    speed."""
 
 
 def _exit(fn, *args) -> None:
@@ -39,7 +47,7 @@ def _exit(fn, *args) -> None:
     "--run",
     "run_dir",
     required=True,
-    type=click.Path(exists=True, path_type=Path),
+    type=RUN_OR_CHECKPOINT,
     help="digit-train run directory (or checkpoint): the PyTorch reference.",
 )
 @click.option(
@@ -49,14 +57,17 @@ def _exit(fn, *args) -> None:
     type=EXISTING_DIR,
     help="digit-export directory (model.json and its model files).",
 )
-@click.option("--data", required=True, type=EXISTING_DIR, help="HW2-layout root with labels.")
+@click.option(
+    "--data",
+    required=True,
+    type=EXISTING_DIR,
+    help="HW2-layout root; on a split without labels, agreement with PyTorch only.",
+)
 @click.option("--split", default="valid", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where parity.json / parity.md go [default: the export directory].",
+    "--out", type=OUT_DIR, help="Where parity.json / parity.md go [default: the export directory]."
 )
 def parity(run_dir, export_dir, data, split, limit, device, out):
     """Every exported form against PyTorch eager, image by image.
@@ -76,7 +87,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
 @click.option(
     "--run",
     "run_dir",
-    type=click.Path(exists=True, path_type=Path),
+    type=RUN_OR_CHECKPOINT,
     help="Checkpoint for the PyTorch baseline [default: model.json's source].",
 )
 @click.option(
@@ -103,7 +114,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OUT_DIR,
     help="Where latency.json / latency.md go [default: the export directory].",
 )
 def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, out):
@@ -111,3 +122,66 @@ def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, o
     from digit_reader.benchmarks import latency as bench
 
     _exit(bench.main, export_dir, run_dir, set(forms), batches, iters, seconds, data, device, out)
+
+
+@main.command("read-speed")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", required=True, type=click.Path(exists=True))
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--repeats", default=3, show_default=True)
+@click.option("--limit", type=int, help="use only the first N images")
+def read_speed(images, model, batch_size, repeats, limit):
+    """The reader's images/s end to end (CPU) and the share of time outside the model."""
+    from digit_reader.benchmarks import read_speed as bench
+
+    click.echo(json.dumps(bench.run(images, model, batch_size, repeats, limit), indent=2))
+
+
+@main.command("synth-speed")
+@click.option("--n", type=click.IntRange(1), default=500, show_default=True, help="images a run")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+def synth_speed(n, repeats, seed):
+    """Synthetic images per second on one core (median of the repeats)."""
+    from digit_reader.benchmarks import synth_speed as bench
+
+    click.echo(json.dumps(bench.run(n, repeats, seed)))
+
+
+@main.command("train-speed")
+@click.option("--data", type=EXISTING_DIR)
+@click.option("--steps", default=40, show_default=True, help="Training steps per measurement.")
+@click.option("--repeats", default=2, show_default=True, help="Alternating repeats of each loop.")
+@click.option("--batch", default=8, show_default=True)
+@click.option("--to-accuracy", type=float, help="Train nano fully; time to this valid accuracy.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory for --to-accuracy.")
+@click.option(
+    "--from-run",
+    type=EXISTING_DIR,
+    help="With --to-accuracy: read a finished nano run instead of training one.",
+)
+@click.option("--threads", type=int, help="torch threads (default: torch's choice).")
+def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads):
+    """Nano training speed against a plain torchvision-style loop, or the time to an accuracy
+    bar (--to-accuracy)."""
+    if to_accuracy is not None and data is None and from_run is None:
+        raise click.UsageError("--to-accuracy needs --data ROOT or --from-run RUN")
+    if to_accuracy is None and data is None:
+        raise click.UsageError("--data ROOT is required")
+    from digit_reader.benchmarks import train_speed as bench
+
+    result = bench.run(data, steps, repeats, batch, to_accuracy, out, from_run, threads)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
+@click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def report(result):
+    """The Markdown of a saved parity.json or latency.json (e.g. after a format change)."""
+    from digit_reader.benchmarks import latency, parity
+
+    data = json.loads(result.read_text(encoding="utf-8"))
+    render = {"parity": parity.markdown, "latency": latency.markdown}
+    if not isinstance(data, dict) or data.get("benchmark") not in render:
+        raise UserError(f"{result}: not a digit-bench parity.json or latency.json", code=2)
+    click.echo(render[data["benchmark"]](data))

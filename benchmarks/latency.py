@@ -23,13 +23,12 @@ import torch
 from digit_reader.benchmarks.forms import Form, exported_forms
 from digit_reader.benchmarks.machine import machine, matmul_gflops
 from digit_reader.benchmarks.report import markdown_table, write
-from digit_reader.export import samples
 from digit_reader.export.parity import EagerBackend
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import decode_outputs, open_backend, prepare
-from digit_reader.train import checkpoint
+from digit_reader.train import checkpoint, samples
 
 WARMUP = 2
 

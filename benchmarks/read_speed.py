@@ -1,6 +1,6 @@
 """Throughput of the reader end to end, and the share of wall time spent outside the model.
 
-    python -m benchmarks.read_speed --model EXPORT_DIR/model.onnx IMAGES_DIR [--batch-size 8]
+    digit-bench read-speed --model EXPORT_DIR/model.onnx IMAGES_DIR [--batch-size 8]
 
 "Outside the model" is everything the reader adds around the backend call: file decoding,
 letterboxing (in worker threads), batching and decoding of the outputs.
@@ -8,13 +8,9 @@ letterboxing (in worker threads), batching and decoding of the outputs.
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-import click
 
 from digit_reader.benchmarks.machine import machine
 from digit_reader.runtime.cli import collect_inputs
@@ -55,21 +51,11 @@ def measure(reader: Reader, files: list[Path], repeats: int) -> dict:
     }
 
 
-@click.command()
-@click.argument("images", nargs=-1, required=True)
-@click.option("--model", required=True, type=click.Path(exists=True))
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--limit", type=int, help="use only the first N images")
-def main(images, model, batch_size, repeats, limit):
+def run(images, model, batch_size: int, repeats: int, limit: int | None) -> dict:
+    """The reader (CPU) over every image found in `images`, timed `repeats` times."""
     files, _ = collect_inputs(images)
     files = files[:limit] if limit else files
     reader = Reader(model, device="cpu", batch_size=batch_size)
     result = {"model": str(model), "canvas": list(reader.canvas), **measure(reader, files, repeats)}
     result["machine"] = machine()
-    json.dump(result, sys.stdout, indent=2)
-    print()
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -29,17 +29,3 @@ def write(out_dir: Path, name: str, result: dict, markdown: str) -> tuple[Path, 
     atomic.write_text(js, json.dumps(result, indent=2) + "\n")
     atomic.write_text(md, markdown + "\n")
     return js, md
-
-
-def render(path: Path) -> str:
-    """The Markdown of a saved parity.json or latency.json (e.g. after a format change)."""
-    from digit_reader.benchmarks import latency, parity
-
-    result = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {"parity": parity.markdown, "latency": latency.markdown}[result["benchmark"]](result)
-
-
-if __name__ == "__main__":  # python -m benchmarks.report RESULT.json
-    import sys
-
-    print(render(Path(sys.argv[1])))

@@ -1,22 +1,20 @@
 """Images per second of the synthetic SVHN-like generator on one core, end to end.
 
-    python -m benchmarks.synth_speed --n 500 [--repeats 3]
+    digit-bench synth-speed --n 500 [--repeats 3]
 
 Each repeat runs `synthesize` for n train images into a fresh temporary directory: rendering,
 PNG encoding, file writes and the json. The process is pinned to one CPU where the OS allows,
-and a short warm-up fills the glyph cache first. Prints one JSON line on stdout.
+and a short warm-up fills the glyph cache first. digit-bench prints one JSON line on stdout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import click
 
 from digit_reader.benchmarks.machine import machine
 from digit_reader.train.data.synth import SYNTH_VERSION, synthesize
@@ -29,12 +27,8 @@ def pin_one_core() -> bool:
     return True
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--n", type=click.IntRange(1), default=500, show_default=True, help="images a run")
-@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-def main(n: int, repeats: int, seed: int) -> None:
-    """Measure synthetic images per second on one core (median of the repeats)."""
+def run(n: int, repeats: int, seed: int) -> dict:
+    """Synthetic images per second on one core (median of the repeats); progress on stderr."""
     pinned = pin_one_core()
     rates = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,8 +37,8 @@ def main(n: int, repeats: int, seed: int) -> None:
             start = time.perf_counter()
             synthesize(Path(tmp) / f"run{r}", {"train": n}, seed + 1 + r)
             rates.append(n / (time.perf_counter() - start))
-            click.echo(f"repeat {r + 1}/{repeats}: {rates[-1]:.1f} images/s", err=True)
-    result = {
+            print(f"repeat {r + 1}/{repeats}: {rates[-1]:.1f} images/s", file=sys.stderr)
+    return {
         "benchmark": "synth_speed",
         "synth_version": SYNTH_VERSION,
         "images": n,
@@ -54,8 +48,3 @@ def main(n: int, repeats: int, seed: int) -> None:
         "pinned_to_one_core": pinned,
         "machine": machine(),
     }
-    click.echo(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Training speed of the nano preset on the CPU, against a plain torchvision loop.
 
-    python -m benchmarks.train_speed --data ROOT [--steps 40] [--repeats 2]
-    python -m benchmarks.train_speed --data ROOT --to-accuracy 0.90   # full nano run
-    python -m benchmarks.train_speed --from-run demo/run --to-accuracy 0.90  # make demo's run
+    digit-bench train-speed --data ROOT [--steps 40] [--repeats 2]
+    digit-bench train-speed --data ROOT --to-accuracy 0.90   # full nano run
+    digit-bench train-speed --from-run demo/run --to-accuracy 0.90  # make demo's run
 
 `speed`: images/s of `digit-train`'s loop (train.engine, data loading included, evaluation
 excluded) and of a plain torchvision-reference-style loop (same model config, same data
@@ -11,7 +11,7 @@ check, no scheduler), run alternately so both see the same machine load. Ours mu
 slower.
 `--to-accuracy`: trains the nano preset for its full schedule and reports the wall time
 (training + per-epoch evaluation) at which valid whole-number accuracy first reached the bar.
-Prints a JSON object on stdout; progress on stderr.
+digit-bench prints the result as a JSON object on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import click
 import torch
 
 from digit_reader.benchmarks.machine import machine
@@ -74,20 +73,15 @@ def engine_images_per_s(data: Path, steps: int, batch: int, work: Path) -> float
 def speed(data: Path, steps: int, repeats: int, batch: int) -> dict:
     ours, plain = [], []
     with tempfile.TemporaryDirectory() as work:
-        no_test = Path(work) / "data"  # no test/ split: the engine would write a submission
-        no_test.mkdir()
-        for name in ("train", "valid"):
-            (no_test / name).symlink_to((data / name).resolve())
-            (no_test / f"{name}.json").symlink_to((data / f"{name}.json").resolve())
         for r in range(repeats):
             # ABBA order: whichever loop runs second in a pair does not always win the warm-up
             order = ("ours", "plain") if r % 2 == 0 else ("plain", "ours")
             for which in order:
                 print(f"repeat {r + 1}/{repeats}: {which} loop", file=sys.stderr)
                 if which == "ours":
-                    ours.append(engine_images_per_s(no_test, steps, batch, Path(work)))
+                    ours.append(engine_images_per_s(data, steps, batch, Path(work)))
                 else:
-                    plain.append(plain_loop_images_per_s(no_test, steps, batch))
+                    plain.append(plain_loop_images_per_s(data, steps, batch))
     med_ours, med_plain = statistics.median(ours), statistics.median(plain)
     return {
         "steps": steps,
@@ -100,13 +94,11 @@ def speed(data: Path, steps: int, repeats: int, batch: int) -> dict:
 
 def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path | None) -> dict:
     """Train nano fully (or read a finished run's metrics.jsonl) and find when it hit `bar`."""
-    import json as json_
-
     from digit_reader.train import engine, presets
 
     if done is not None:
         run = done
-        summary = json_.loads((run / "summary.json").read_text())
+        summary = json.loads((run / "summary.json").read_text())
         wall = summary["wall_time_s"]
     else:
         mcfg, tcfg = presets.preset("nano")
@@ -135,34 +127,13 @@ def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path
     }
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--steps", default=40, show_default=True, help="Training steps per measurement.")
-@click.option("--repeats", default=2, show_default=True, help="Alternating repeats of each loop.")
-@click.option("--batch", default=8, show_default=True)
-@click.option("--to-accuracy", type=float, help="Train nano fully; time to this valid accuracy.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory for --to-accuracy.")
-@click.option(
-    "--from-run",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="With --to-accuracy: read a finished nano run instead of training one.",
-)
-@click.option("--threads", type=int, help="torch threads (default: torch's choice).")
-def main(data, steps, repeats, batch, to_accuracy, out, from_run, threads):
-    """Measure nano training speed (and optionally time to an accuracy bar)."""
+def run(data, steps, repeats, batch, to_accuracy, out, from_run, threads) -> dict:
+    """`speed`, or `time_to_accuracy` when a bar is given; with the machine it ran on."""
     if threads:
         torch.set_num_threads(threads)
     result = {"machine": machine() | {"torch_threads": torch.get_num_threads()}}
     if to_accuracy is not None:
-        if data is None and from_run is None:
-            raise click.UsageError("--to-accuracy needs --data ROOT or --from-run RUN")
         result["to_accuracy"] = time_to_accuracy(data, to_accuracy, out, from_run)
     else:
-        if data is None:
-            raise click.UsageError("--data ROOT is required")
         result["speed"] = speed(data, steps, repeats, batch)
-    click.echo(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import torch
 
-from digit_reader.export import fp16, graph_rules, parity, samples
+from digit_reader.export import fp16, graph_rules, parity
 from digit_reader.export.defaults import (
     BOX_TOL_PX,
     FP16_MIN_AGREEMENT,
@@ -35,7 +35,7 @@ from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, why_
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
 from digit_reader.runtime.trt_backend import probe
-from digit_reader.train import checkpoint
+from digit_reader.train import checkpoint, samples
 
 FILES = {"fp32": ("model.onnx", "model.engine"), "fp16": ("model.fp16.onnx", "model.fp16.engine")}
 

@@ -14,22 +14,10 @@ import numpy as np
 import torch
 
 from digit_reader.export.defaults import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
-from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections, split_outputs
 
 MATCH_IOU = 0.5
 MATCH_EMPTY_PX = 0.5  # empty boxes: the same place within this many pixels
-
-
-@dataclass
-class Dets:
-    """One image's detections: boxes (n, 4) x1 y1 x2 y2, scores (n,), digits (n,) 0-9."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    digits: np.ndarray
-
-    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
-        return decode_number(self.boxes, self.scores, self.digits, threshold)
 
 
 def fp32_reference() -> None:
@@ -38,21 +26,6 @@ def fp32_reference() -> None:
     use_tf32=0 (runtime/ort_backend.py) and TensorRT engines are built without TF32."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def from_graph_outputs(out: dict[str, np.ndarray]) -> list[Dets]:
-    """Split the graph's padded outputs (num_dets, boxes, scores, labels) per image."""
-    dets = []
-    for i, n in enumerate(np.asarray(out["num_dets"]).reshape(-1)):
-        n = int(n)
-        dets.append(
-            Dets(
-                np.asarray(out["boxes"][i, :n], np.float32),
-                np.asarray(out["scores"][i, :n], np.float32),
-                np.asarray(out["labels"][i, :n], np.int64),
-            )
-        )
-    return dets
 
 
 class EagerBackend:
@@ -87,18 +60,20 @@ class EagerBackend:
         return out
 
 
-def eager_detections(model, canvases: np.ndarray, batch_size: int = 8, device="cpu") -> list[Dets]:
+def eager_detections(
+    model, canvases: np.ndarray, batch_size: int = 8, device="cpu"
+) -> list[Detections]:
     """The eager model's detections (canvas pixels) on uint8 NCHW canvases."""
     k = model.roi_heads.detections_per_img
     return backend_detections(EagerBackend(model, k, device), canvases, batch_size)
 
 
-def backend_detections(backend, canvases: np.ndarray, batch_size: int = 8) -> list[Dets]:
+def backend_detections(backend, canvases: np.ndarray, batch_size: int = 8) -> list[Detections]:
     """Any runtime backend (callable on a uint8 NCHW batch) over the canvases, in batches."""
     out = []
     for start in range(0, len(canvases), batch_size):
         batch = np.ascontiguousarray(canvases[start : start + batch_size])
-        out += from_graph_outputs(backend(batch))
+        out += split_outputs(backend(batch))
     return out
 
 
@@ -135,7 +110,9 @@ class ImageDiff:
         return max(self.box_devs, default=0.0)
 
 
-def compare(ref: Dets, other: Dets, name: str = "", threshold: float = DEFAULT_THRESHOLD):
+def compare(
+    ref: Detections, other: Detections, name: str = "", threshold: float = DEFAULT_THRESHOLD
+):
     """Match `other`'s detections to `ref`'s (same digit, IoU >= 0.5, greedy by ref score)."""
     diff = ImageDiff(name, ref.number(threshold), other.number(threshold), 0)
     iou = _iou(ref.boxes.astype(np.float64), other.boxes.astype(np.float64))
@@ -226,5 +203,5 @@ def describe(d: ImageDiff) -> str:
     return "; ".join(parts)
 
 
-def measure(ref: list[Dets], other: list[Dets], names: list[str]) -> Parity:
+def measure(ref: list[Detections], other: list[Detections], names: list[str]) -> Parity:
     return Parity([compare(r, o, n) for r, o, n in zip(ref, other, names, strict=True)])

@@ -1,7 +1,8 @@
 """The decoding rule of the seed report: keep score >= 0.5, sort left to right, concatenate.
 
-Training's evaluation, the export parity gate, the benchmarks and the reader all
-call `decode_number`, so "accuracy" means the same thing everywhere.
+Training's evaluation, the export parity gate, the benchmarks and the reader all hold their
+detections as `Detections` and call `decode_number`, so "accuracy" means the same thing
+everywhere.
 """
 
 from __future__ import annotations
@@ -32,11 +33,38 @@ def reading_order(boxes_xyxy, scores, threshold: float = DEFAULT_THRESHOLD) -> n
 
 def decode_number(boxes_xyxy, scores, digits, threshold: float = DEFAULT_THRESHOLD) -> str:
     """The whole number as a string (leading zeros kept), or "-1" when no box is kept."""
-    order = reading_order(boxes_xyxy, scores, threshold)
-    if order.size == 0:
-        return NO_DIGIT
-    digits = np.asarray(digits).reshape(-1)
-    return "".join(str(int(d)) for d in digits[order])
+    return _number(np.asarray(digits).reshape(-1), reading_order(boxes_xyxy, scores, threshold))
+
+
+def _number(digits: np.ndarray, order: np.ndarray) -> str:
+    return "".join(str(int(d)) for d in digits[order]) if order.size else NO_DIGIT
+
+
+@dataclass
+class Detections:
+    """One image's detections, whichever form of the model made them (training's evaluation,
+    the exported graph, the parity gate): the one type they are compared and scored in."""
+
+    boxes: np.ndarray  # (n, 4) float32 x1 y1 x2 y2
+    scores: np.ndarray  # (n,) float32
+    digits: np.ndarray  # (n,) int64, 0..9
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.digits = np.asarray(self.digits, dtype=np.int64).reshape(-1)
+
+    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
+        return decode_number(self.boxes, self.scores, self.digits, threshold)
+
+
+def split_outputs(out: dict) -> list[Detections]:
+    """The graph's padded outputs (num_dets, boxes, scores, labels) as one Detections per image,
+    in the graph's pixels (the canvas)."""
+    return [
+        Detections(out["boxes"][i, :n], out["scores"][i, :n], out["labels"][i, :n])
+        for i, n in enumerate(int(n) for n in np.asarray(out["num_dets"]).reshape(-1))
+    ]
 
 
 @dataclass
@@ -44,19 +72,31 @@ class Prediction:
     """What the reader returns for one image: every detection plus the decoded number."""
 
     number: str
-    boxes: np.ndarray = field(repr=False)  # (n, 4) x1 y1 x2 y2 in original-image pixels
-    scores: np.ndarray = field(repr=False)  # (n,)
-    digits: np.ndarray = field(repr=False)  # (n,) 0..9
+    detections: Detections = field(repr=False)  # in original-image pixels
     order: np.ndarray = field(repr=False)  # indices of the kept digits, in reading order
 
     @classmethod
+    def decode(cls, detections: Detections, threshold: float = DEFAULT_THRESHOLD):
+        order = reading_order(detections.boxes, detections.scores, threshold)
+        return cls(_number(detections.digits, order), detections, order)
+
+    @classmethod
     def from_detections(cls, boxes, scores, digits, threshold: float = DEFAULT_THRESHOLD):
-        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
-        digits = np.asarray(digits, dtype=np.int64).reshape(-1)
-        order = reading_order(boxes, scores, threshold)
-        number = "".join(str(int(d)) for d in digits[order]) if order.size else NO_DIGIT
-        return cls(number, boxes, scores, digits, order)
+        return cls.decode(Detections(boxes, scores, digits), threshold)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(n, 4) x1 y1 x2 y2 in original-image pixels."""
+        return self.detections.boxes
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.detections.scores
+
+    @property
+    def digits(self) -> np.ndarray:
+        """(n,) 0..9"""
+        return self.detections.digits
 
     @property
     def digit_boxes(self) -> np.ndarray:

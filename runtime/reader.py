@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from digit_reader.runtime.decode import Prediction
+from digit_reader.runtime.decode import Detections, Prediction, split_outputs
 from digit_reader.runtime.errors import ImageError, UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
@@ -45,14 +45,12 @@ def prepare(source, canvas: tuple[int, int], sharpen: bool = False) -> Prepared:
 
 def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> list[Prediction]:
     """The graph's padded outputs -> one Prediction per image, boxes in original pixels."""
-    preds = []
-    for i, p in enumerate(prepared):
-        n = int(out["num_dets"][i])
-        boxes = boxes_from_canvas(out["boxes"][i, :n], p.scale, p.size)
-        preds.append(
-            Prediction.from_detections(boxes, out["scores"][i, :n], out["labels"][i, :n], threshold)
+    return [
+        Prediction.decode(
+            Detections(boxes_from_canvas(d.boxes, p.scale, p.size), d.scores, d.digits), threshold
         )
-    return preds
+        for d, p in zip(split_outputs(out), prepared, strict=True)
+    ]
 
 
 def resolve_model(

@@ -1,7 +1,11 @@
-"""digit-bench: parity and latency outputs, and the exit-code rules (a perturbed graph fails)."""
+"""digit-bench: parity and latency outputs, the exit-code rules (a perturbed graph fails), the
+speed benchmarks and re-rendered reports."""
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -61,6 +65,28 @@ def test_parity_writes_json_and_markdown_and_passes(nano_run, export_dir, synth_
     md = (tmp_path / "parity.md").read_text()
     assert "| onnxruntime fp32 | pass |" in md and "PASS" in md
     assert md.strip() in result.stdout
+    assert _bench("report", tmp_path / "parity.json").stdout == md  # re-rendered from the JSON
+
+
+def test_an_unlabelled_split_reports_agreement_only(nano_run, export_dir, synth_root, tmp_path):
+    """HW2's test/ comes without test.json: accuracy and mAP are not available, not 0."""
+    data = tmp_path / "hw2"
+    shutil.copytree(synth_root / "test", data / "test")
+    result = _bench(
+        *("parity", "--run", nano_run, "--export", export_dir, "--data", data),
+        *("--split", "test", "--out", tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "parity.json").read_text())
+    ran = [r for r in report["rows"] if not r["status"].startswith("skipped")]
+    assert [r["form"] for r in ran] == ["PyTorch eager", "onnxruntime fp32", "onnxruntime fp16"]
+    for r in ran:
+        assert (r["accuracy"], r["map"], r["map50"]) == (None, None, None), r["form"]
+        assert r["same_as_pytorch"] >= 0.99
+    assert report["labelled"] is False and report["images"] == 12 and report["passed"]
+    md = (tmp_path / "parity.md").read_text()
+    assert "| onnxruntime fp32 | pass | n/a | n/a |" in md
+    assert "no labels: agreement with PyTorch only" in md
 
 
 def test_a_perturbed_fp32_graph_fails_parity(nano_run, export_dir, synth_root, tmp_path):
@@ -115,10 +141,49 @@ def test_latency_reports_every_row_against_the_eager_baseline(export_dir, synth_
     assert {"cpu", "cores", "versions"} <= set(report["machine"])
     skipped = [r for r in report["rows"] if r["status"] != "ok"]
     assert [r["form"] for r in skipped] == ["TensorRT fp32", "TensorRT fp16"]
-    assert "| onnxruntime fp32 | 2 |" in (tmp_path / "latency.md").read_text()
+    md = (tmp_path / "latency.md").read_text()
+    assert "| onnxruntime fp32 | 2 |" in md
+    assert _bench("report", tmp_path / "latency.json").stdout == md
 
 
 def test_usage_errors_exit_2(export_dir, tmp_path):
     assert _bench("latency", "--export", export_dir, "--batch", "x").exit_code == 2
     assert _bench("latency", "--export", tmp_path).exit_code == 2
     assert _bench("parity", "--export", export_dir).exit_code == 2
+
+
+def test_report_refuses_other_json(tmp_path):
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    result = _bench("report", tmp_path / "other.json")
+    assert result.exit_code == 2 and "not a digit-bench parity.json" in result.stderr
+
+
+def test_read_speed_times_the_reader(export_dir, synth_root):
+    result = _bench(
+        "read-speed", synth_root / "test", "--model", export_dir / "model.onnx", "--repeats", "1"
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == 12 and report["batch_size"] == 8 and report["canvas"] == [64, 128]
+    assert report["images_per_s"] > 0 and 0 <= report["outside_model_share"] < 1
+
+
+def test_synth_speed_prints_one_json_line():
+    # its own process: the benchmark pins the process that runs it to one core
+    bench = Path(sys.executable).parent / "digit-bench"
+    result = subprocess.run(
+        [bench, "synth-speed", "--n", "4", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    report = json.loads(line)
+    assert report["benchmark"] == "synth_speed" and report["images"] == 4
+    assert report["images_per_s_median"] > 0 and "repeat 1/1" in result.stderr
+
+
+def test_train_speed_usage_errors_exit_2(tmp_path):
+    assert _bench("train-speed").exit_code == 2
+    assert _bench("train-speed", "--to-accuracy", "0.5").exit_code == 2

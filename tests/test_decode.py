@@ -7,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from digit_reader.runtime.decode import Prediction, decode_number, reading_order
+from digit_reader.runtime.decode import (
+    Detections,
+    Prediction,
+    decode_number,
+    reading_order,
+    split_outputs,
+)
 from digit_reader.runtime.submission import coco_results, csv_text, image_id_for, natural_key
 
 
@@ -37,6 +43,21 @@ def test_prediction_keeps_every_detection_and_orders_kept_ones():
     assert p.number == "12"
     assert len(p.scores) == 3
     np.testing.assert_array_equal(p.digit_boxes[:, 0], [1, 9])
+    assert p.detections.number() == p.number
+
+
+def test_graph_outputs_split_into_one_detections_per_image():
+    out = {
+        "num_dets": np.array([2, 0], np.int32),
+        "boxes": np.array([[[5, 0, 6, 1], [1, 0, 2, 1], [0, 0, 0, 0]]] * 2, np.float32),
+        "scores": np.array([[0.9, 0.8, 0.0]] * 2, np.float32),
+        "labels": np.array([[4, 3, -1]] * 2, np.int32),
+    }
+    first, second = split_outputs(out)
+    assert [first.number(), second.number()] == ["34", "-1"]
+    assert first.digits.dtype == np.int64 and first.boxes.dtype == np.float32
+    assert len(second.scores) == 0 and second.boxes.shape == (0, 4)
+    assert Detections([], [], []).boxes.shape == (0, 4)
 
 
 def test_image_ids_and_natural_order():
@@ -53,12 +74,14 @@ def test_csv_is_exactly_what_graders_read():
     assert rows[0]["pred_label"] == "007"  # read as strings, leading zeros kept
 
 
-def test_coco_results_are_xywh_with_category_digit_plus_one():
-    res = coco_results(5, [[10, 20, 14, 30]], [0.75], [0])
+def test_coco_results_are_json_xywh_with_category_digit_plus_one():
+    # numpy in, as the model gives them: float32 boxes and scores, int64 digits
+    boxes = np.array([[10, 20, 14, 30.5]], np.float32)
+    res = coco_results(5, boxes, np.array([0.75], np.float32), np.array([0], np.int64))
     assert res == [
-        {"image_id": 5, "bbox": [10.0, 20.0, 4.0, 10.0], "score": 0.75, "category_id": 1}
+        {"image_id": 5, "bbox": [10.0, 20.0, 4.0, 10.5], "score": 0.75, "category_id": 1}
     ]
-    json.dumps(res)
+    assert json.loads(json.dumps(res)) == res  # plain JSON numbers: pred.json as graders read it
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])

@@ -8,12 +8,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from digit_reader.export import exporter, fp16, graph_rules, parity, samples
+from digit_reader.export import exporter, fp16, graph_rules, parity
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import probe
-from digit_reader.train import checkpoint
+from digit_reader.train import checkpoint, samples
 from digit_reader.train.data.hw2 import load_split
 
 pytestmark = pytest.mark.slow
@@ -81,12 +81,19 @@ def test_batch_size_does_not_change_any_result(export_dir, canv):
         assert np.array_equal(a.digits, b.digits)
 
 
-def test_exported_graphs_keep_tensorrt_rules(export_dir):
+def test_exported_graphs_hold_the_real_post_processing(export_dir):
     for name in ("model.onnx", "model.fp16.onnx"):
-        model = onnx.load(str(export_dir / name))
-        assert graph_rules.violations(model) == [], name
-        ops = {n.op_type for n in model.graph.node}
-        assert {"NonMaxSuppression", "RoiAlign", "TopK"} <= ops  # the real post-processing
+        ops = {n.op_type for n in onnx.load(str(export_dir / name)).graph.node}
+        assert {"NonMaxSuppression", "RoiAlign", "TopK"} <= ops, name
+
+
+def test_export_refuses_a_graph_that_breaks_a_tensorrt_rule(nano_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(graph_rules, "TOPK_MAX_K", 2)  # the nano graph's TopKs now break it
+    out = tmp_path / "export"
+    with pytest.raises(exporter.ExportFailed, match="breaks TensorRT's import rules") as e:
+        exporter.run(exporter.ExportOptions(nano_run, out=out, parity_images=4))
+    assert "model.onnx breaks" in str(e.value) and "TensorRT needs K < 2" in str(e.value)
+    assert list(out.iterdir()) == []  # nothing written
 
 
 def _model(nodes, inputs, outputs, initializers=()):
@@ -177,10 +184,18 @@ def test_perturbed_graph_fails_the_gate_with_a_per_image_report(
     biggest.CopyFrom(numpy_helper.from_array(noisy, biggest.name))
     onnx.save(model, str(tmp_path / "perturbed.onnx"))
     got = parity.backend_detections(OrtBackend(tmp_path / "perturbed.onnx", "cpu"), canv)
-    result = parity.measure(eager, got, [p.name for p in images])
+    # every third image as the perturbed graph reads it, the others as the eager model does
+    mixed = [g if i % 3 == 0 else e for i, (g, e) in enumerate(zip(got, eager, strict=True))]
+    result = parity.measure(eager, mixed, [p.name for p in images])
+    passed, bad = result.verdict("fp32", 0.05)
+    failing = [i for i, d in enumerate(result.diffs) if any(d is b for b in bad)]
+    assert not passed and failing and all(i % 3 == 0 for i in failing)
     with pytest.raises(exporter.ExportFailed, match="disagrees with the eager model") as e:
         exporter._gate("onnxruntime fp32", result, "fp32", 0.05)
-    assert images[0].name in str(e.value) or any(p.name in str(e.value) for p in images)
+    head, *lines = str(e.value).splitlines()
+    assert f"on {len(bad)} of {len(images)} images" in head
+    # one line per failing image, each starting with that image's name, in order
+    assert [line.strip().split(":")[0] for line in lines] == [images[i].name for i in failing]
 
 
 def test_model_json_round_trips_and_describes_the_files(export_dir, nano_run):

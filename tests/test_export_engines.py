@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digit_reader.export import exporter, parity, samples
+from digit_reader.export import exporter, parity
 from digit_reader.export.cli import main
 from digit_reader.runtime import trt_backend
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import TensorRTProbe, probe
+from digit_reader.train import samples
 from digit_reader.train.data.hw2 import load_split
 
 pytestmark = pytest.mark.slow

@@ -218,13 +218,14 @@ assert not loaded, loaded
 )
 def test_cli_help_imports_no_torch(module):
     """`--help` (and click's option parsing) starts without torch: presets, backbones and every
-    default come from torch-free modules."""
+    default come from torch-free modules; a group's subcommands import their code when run."""
     code = f"""
 import sys
 from click.testing import CliRunner
 from digit_reader.{module} import main
-result = CliRunner().invoke(main, ["--help"])
-assert result.exit_code == 0, result.output
+for command in [None, *getattr(main, "commands", {{}})]:  # a group: every subcommand too
+    result = CliRunner().invoke(main, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "onnx"))
 print(heavy[:5])
 """

@@ -2,13 +2,12 @@
 
 import numpy as np
 
-from digit_reader.export.parity import Dets, compare, measure
+from digit_reader.export.parity import compare, measure
+from digit_reader.runtime.decode import Detections
 
 
 def _dets(boxes, scores, digits):
-    return Dets(
-        np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32), np.array(digits)
-    )
+    return Detections(np.array(boxes), np.array(scores), np.array(digits))
 
 
 def test_matching_by_digit_and_iou_with_deviations():

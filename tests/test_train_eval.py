@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
+from digit_reader.runtime.decode import Detections
 from digit_reader.train.data.hw2 import Sample
 from digit_reader.train.evaluate import (
-    Detections,
     coco_ground_truth,
     coco_map,
     whole_number_accuracy,
-    write_submission,
 )
+from digit_reader.train.submission import write_submission
 
 
 def _sample(image_id, boxes, digits, w=100, h=50):

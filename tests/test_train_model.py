@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from digit_reader.runtime.errors import UserError
 from digit_reader.train import presets
@@ -18,12 +19,19 @@ def test_seed_model_has_report_anchors_and_11_classes():
     gen = model.rpn.anchor_generator
     assert gen.sizes == ((16,), (32,), (64,), (128,), (256,))
     assert gen.aspect_ratios == ((0.25, 0.5, 1.0, 2.0, 4.0),) * 5
-    # one size per level x 5 ratios: 5 anchors per location, 25 anchor shapes in all
-    assert gen.num_anchors_per_location() == [5] * 5
-    shapes = {
-        (s, r) for ss, rr in zip(gen.sizes, gen.aspect_ratios, strict=True) for s in ss for r in rr
-    }
-    assert len(shapes) == 25
+    # the anchors the RPN lays out on the five FPN levels of a 128x128 input: at every
+    # location 5, one per ratio (height / width) at the level's size, and 5 scores for them
+    strides = (4, 8, 16, 32, 64)
+    feats = [torch.zeros(1, 8, 128 // s, 128 // s) for s in strides]
+    anchors = gen(ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)]), feats)[0]
+    counts = [(128 // s) ** 2 * 5 for s in strides]
+    assert len(anchors) == sum(counts)
+    for (size,), level in zip(gen.sizes, anchors.split(counts), strict=True):
+        wh = level[:, 2:] - level[:, :2]
+        shapes = sorted({(float(w), float(h)) for w, h in wh.tolist()}, key=lambda s: s[1] / s[0])
+        assert len(shapes) == 5, size
+        assert [h / w for w, h in shapes] == pytest.approx([0.25, 0.5, 1, 2, 4], rel=0.1)
+        assert [(w * h) ** 0.5 for w, h in shapes] == pytest.approx([size] * 5, rel=0.05)
     assert model.rpn.head.cls_logits.out_channels == 5
     assert model.roi_heads.box_predictor.cls_score.out_features == 11
     assert model.roi_heads.box_predictor.bbox_pred.out_features == 44

@@ -12,8 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from digit_reader.train import checkpoint, engine, presets
+from digit_reader.train import checkpoint, engine, evaluate, presets
 from digit_reader.train.cli import main
+from digit_reader.train.data.hw2 import load_split
 from digit_reader.train.data.synth import synthesize
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,17 @@ def test_short_run_lowers_loss_and_writes_every_output(straight, data):
     steps, epochs = _records(run, "step"), _records(run, "epoch")
     assert [r["step"] for r in steps] == list(range(1, 11))  # 40 images / batch 8 x 2 epochs
     assert [r["epoch"] for r in epochs] == [1, 2]
-    assert all(0 <= r["accuracy"] <= 1 and 0 <= r["map"] <= 1 for r in epochs)
+    # an epoch's record holds the valid metrics of the weights it ended with: best.pt's here
+    best = checkpoint.load_checkpoint(run / "best.pt")
+    model, cfg = checkpoint.load_model(run / "best.pt")
+    valid = load_split(data, "valid")
+    m = evaluate.metrics(
+        evaluate.predict(model, valid, cfg.canvas, presets.preset("nano")[1], torch.device("cpu")),
+        valid,
+    )
+    assert m["map50"] > 0  # not vacuous: the comparison below sees a non-zero score
+    (record,) = [r for r in epochs if r["epoch"] == best["epoch"]]
+    assert {k: record[k] for k in m} == pytest.approx(m, abs=1e-9) == best["metrics"]
     first, last = steps[:3], steps[-3:]
     assert sum(r["loss"] for r in last) < 0.8 * sum(r["loss"] for r in first)
 
@@ -133,6 +144,19 @@ def test_nan_loss_stops_with_a_clear_message(data, tmp_path):
     assert "no checkpoint was written yet" in msg and "\n" not in msg
     assert not (tmp_path / "run" / "last.pt").exists()
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_train_speed_reads_when_a_finished_run_reached_a_bar(straight):
+    from digit_reader.benchmarks.cli import main as bench
+
+    run, _ = straight
+    result = CliRunner().invoke(
+        bench, ["train-speed", "--from-run", str(run), "--to-accuracy", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["to_accuracy"]
+    assert report["reached"]["epoch"] == 1 and [r["epoch"] for r in report["per_epoch"]] == [1, 2]
+    assert report["best"] == json.loads((run / "summary.json").read_text())["best"]
 
 
 def test_existing_run_is_not_overwritten(straight, data):

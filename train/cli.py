@@ -96,16 +96,27 @@ def _threads(opts) -> None:
 
 
 def run(ctx, opts) -> dict | None:
-    from digit_reader.train import engine
-
     _threads(opts)
-    if opts["resume"] is not None:
-        spec = _resume_spec(ctx, opts)
-        summary = engine.train(spec, resume=True, progress=not opts["quiet"])
-    else:
-        spec = _new_spec(opts)
-        summary = engine.train(spec, resume=False, progress=not opts["quiet"])
-    return summary if int(os.environ.get("RANK", "0")) == 0 else None
+    resume = opts["resume"] is not None
+    spec = _resume_spec(ctx, opts) if resume else _new_spec(opts)
+    return train_and_submit(spec, resume, progress=not opts["quiet"])
+
+
+def train_and_submit(spec, resume: bool, progress: bool) -> dict | None:
+    """Train, then the HW2 submission from best.pt when ROOT/test exists, then summary.json;
+    returns the summary on rank 0, None on the other torchrun ranks."""
+    from digit_reader.runtime import atomic
+    from digit_reader.train import engine, submission
+
+    with engine.session(spec) as (info, device):
+        summary = engine.fit(engine.Run(spec, info, device, progress and info.main), resume)
+        if (Path(spec.data_root) / "test").is_dir():
+            summary["submission"] = submission.submit(
+                Path(spec.run_dir), Path(spec.data_root), spec.train, device, info
+            )
+        if info.main:
+            atomic.write_json(Path(spec.run_dir) / "summary.json", summary, indent=2)
+    return summary if info.main else None
 
 
 def _new_spec(opts):

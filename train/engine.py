@@ -1,9 +1,10 @@
 """The training loop: per-iteration LR schedule, AMP on CUDA, per-epoch validation, checkpoints.
 
-One function, `train`, runs single-process or as one torchrun rank. Rank 0 alone logs and
-writes. The position (epoch, batch within it), the model, optimiser, scheduler, scaler and
-torch RNG go into last.pt, and the batch order and augmentation depend only on (seed, epoch,
-index), so `--resume` continues the run as if it had never stopped.
+`train` runs single-process or as one torchrun rank: setup, then per epoch `train_one_epoch`,
+`evaluate` and `end_of_epoch` (the shape of torchvision's references/detection engine). Rank 0
+alone logs and writes. The position (epoch, batch within it), the model, optimiser, scheduler,
+scaler and torch RNG go into last.pt (`checkpoint_state`), and the batch order and augmentation
+depend only on (seed, epoch, index), so `--resume` continues the run as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,10 +26,11 @@ from tqdm import tqdm
 
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
-from digit_reader.train import checkpoint, distributed, evaluate, plots, presets
+from digit_reader.train import checkpoint, distributed, plots, presets
 from digit_reader.train.config import ModelConfig, TrainConfig
-from digit_reader.train.data.hw2 import LoadReport, load_split
+from digit_reader.train.data.hw2 import LoadReport, Sample, load_split
 from digit_reader.train.dataset import DigitDataset, collate, epoch_batches, to_model_input
+from digit_reader.train.evaluate import metrics, predict
 from digit_reader.train.model import build_model
 
 METRICS = "metrics.jsonl"
@@ -146,6 +150,59 @@ class StopFlag:
             self._previous = None
 
 
+@dataclass
+class Training:
+    """What a step changes: the model (and its DDP wrapper `net`), optimiser, LR schedule and
+    AMP scaler."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    steps_per_epoch: int  # of this rank
+    total_steps: int
+    use_amp: bool
+
+
+@dataclass
+class Position:
+    """Where the run stands; last.pt records it and --resume starts from it."""
+
+    step: int = 0
+    epoch: int = 0  # epochs finished
+    skip: int = 0  # batches of `epoch` done before a resume
+    best: dict | None = None  # {epoch, step, metrics} of best.pt
+
+
+@dataclass
+class Speed:
+    """Training time and images of this process (evaluation excluded), over all its epochs."""
+
+    seconds: float = 0.0
+    images: int = 0
+
+    def images_per_s(self, digits: int) -> float | None:
+        return round(self.images / self.seconds, digits) if self.seconds else None
+
+
+@dataclass
+class Run:
+    """One process's part in a training run: what it trains, where, and what it reports to."""
+
+    spec: RunSpec
+    info: distributed.DistInfo
+    device: torch.device
+    progress: bool
+    log: MetricsLog | None = None  # rank 0 only
+    stop: StopFlag | None = None
+    speed: Speed = field(default_factory=Speed)
+
+    @property
+    def last(self) -> Path:
+        return Path(self.spec.run_dir) / checkpoint.LAST
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -154,6 +211,78 @@ def _resolve_device(device: str) -> str:
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
     return device
+
+
+@contextmanager
+def session(spec: RunSpec) -> Iterator[tuple[distributed.DistInfo, torch.device]]:
+    """Check the configs, join torchrun's process group (if any) and pick this rank's device;
+    leave the group on exit."""
+    spec.train.validate()
+    spec.model.validate()
+    device_name = _resolve_device(spec.device)
+    info = distributed.init(device_name)
+    try:
+        yield info, distributed.device_for(device_name, info)
+    finally:
+        distributed.shutdown(info)
+
+
+def train(spec: RunSpec, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or continue) the run in spec.run_dir; returns the summary (rank 0's view).
+
+    A resumed run keeps its scheduler: more --epochs on a single-decay schedule (t0=None)
+    continue at the decayed LR.
+    """
+    with session(spec) as (info, device):
+        return fit(Run(spec, info, device, progress and info.main), resume)
+
+
+def fit(run: Run, resume: bool) -> dict:
+    """Setup, then the epoch loop, in a joined session (see `session`)."""
+    spec, tcfg, info, device = run.spec, run.spec.train, run.info, run.device
+    t_start = time.perf_counter()
+    torch.manual_seed(tcfg.seed)
+    train_s, valid_s = _load_splits(Path(spec.data_root), spec.limit_train, info.main)
+    t = _setup(spec, len(train_s), info, device)
+    pos = _restore(t, run.last, device) if resume else Position()
+    if info.main:
+        run.log = _open_run_dir(spec, resume, pos.step)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        t.net = torch.nn.parallel.DistributedDataParallel(t.model, device_ids=ids)
+    dataset = DigitDataset(train_s, spec.model.canvas, tcfg, train=True)
+    if info.main:
+        _announce(spec, info, device, len(train_s), len(valid_s), t.steps_per_epoch, resume, pos)
+    run.stop = StopFlag()
+    try:
+        while pos.epoch < tcfg.epochs:
+            loss, seconds = train_one_epoch(run, t, pos, _epoch_loader(dataset, run, pos))
+            t_eval = time.perf_counter()
+            m = evaluate(run, t.model, valid_s)
+            eval_s = time.perf_counter() - t_eval
+            end_of_epoch(run, t, pos, m, loss, seconds, eval_s)
+            distributed.barrier(info)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"aborted at step {pos.step}; {run.last} (if any) is from the last "
+            "epoch end or the last clean stop"
+        ) from None
+    finally:
+        run.stop.restore()
+        if info.main:
+            run.log.close()
+    return {
+        "run_dir": str(spec.run_dir),
+        "preset": spec.preset,
+        "backbone": spec.model.backbone,
+        "device": str(device),
+        "world_size": info.world,
+        "steps": pos.step,
+        "epochs": tcfg.epochs,
+        "best": pos.best,
+        "train_images_per_s": run.speed.images_per_s(2),
+        "wall_time_s": round(time.perf_counter() - t_start, 1),
+    }
 
 
 def _load_splits(data_root: Path, limit: int | None, main: bool):
@@ -178,6 +307,224 @@ def _load_splits(data_root: Path, limit: int | None, main: bool):
     return train_s, valid_s
 
 
+def _setup(spec: RunSpec, n_train: int, info, device: torch.device) -> Training:
+    """Model, optimiser, schedule over every step of every epoch, and AMP scaler."""
+    tcfg = spec.train
+    batches_per_epoch = len(epoch_batches(n_train, tcfg.batch_size, 0, 0, 0, info.world))
+    total_steps = batches_per_epoch * tcfg.epochs
+    model = build_model(spec.model, spec.backbone_weights).to(device)
+    optimizer = make_optimizer(model, tcfg)
+    scheduler = make_scheduler(optimizer, tcfg, total_steps)
+    use_amp = device.type == "cuda" and tcfg.amp
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    return Training(
+        model, model, optimizer, scheduler, scaler, batches_per_epoch, total_steps, use_amp
+    )
+
+
+def _restore(t: Training, last: Path, device: torch.device) -> Position:
+    """Load last.pt into the training objects and the RNG; returns where it stopped."""
+    state = checkpoint.load_checkpoint(last)
+    t.model.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    t.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"], device)
+    return Position(state["step"], state["epoch"], state["batch_in_epoch"], state.get("best"))
+
+
+def _open_run_dir(spec: RunSpec, resume: bool, step: int) -> MetricsLog:
+    """config.json, preset.txt, and metrics.jsonl cut back to `step` on a resume."""
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(run_dir / CONFIG, spec.config_dict(), indent=2)
+    atomic.write_text(run_dir / PRESET_TXT, presets.describe(spec.preset))
+    return MetricsLog(run_dir, read_records(run_dir, step) if resume else [])
+
+
+def _announce(spec, info, device, n_train, n_valid, steps_per_epoch, resume, pos) -> None:
+    mcfg, tcfg = spec.model, spec.train
+    print(
+        f"training {spec.preset} ({mcfg.backbone}, canvas {mcfg.canvas[0]}x{mcfg.canvas[1]}) "
+        f"on {device} x{info.world}: {n_train} train / {n_valid} valid images, "
+        f"{steps_per_epoch} steps/epoch, {tcfg.epochs} epochs"
+        + (f", resuming at step {pos.step}" if resume else ""),
+        file=sys.stderr,
+    )
+
+
+def _epoch_loader(dataset: DigitDataset, run: Run, pos: Position) -> DataLoader:
+    """This rank's batches of epoch `pos.epoch`, without the `pos.skip` already done."""
+    tcfg, info = run.spec.train, run.info
+    batches = epoch_batches(
+        len(dataset), tcfg.batch_size, pos.epoch, tcfg.seed, info.rank, info.world
+    )
+    workers = tcfg.workers if tcfg.workers is not None else (4 if run.device.type == "cuda" else 0)
+    # its own generator: a DataLoader draws a base seed at every iter(), and drawing
+    # it from the global RNG would make a resumed run's RPN/RoI sampling diverge
+    return DataLoader(
+        dataset,
+        batch_sampler=batches[pos.skip :],
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(tcfg.seed + pos.epoch),
+    )
+
+
+def train_one_epoch(run: Run, t: Training, pos: Position, loader: DataLoader):
+    """The rest of epoch `pos.epoch`; returns (mean loss, seconds). On Ctrl-C saves last.pt at
+    the step reached and raises Interrupted."""
+    tcfg, info = run.spec.train, run.info
+    t.net.train()
+    bar = tqdm(
+        loader,
+        desc=f"epoch {pos.epoch + 1}/{tcfg.epochs}",
+        total=len(loader),
+        disable=None if run.progress else True,  # None: only on a terminal
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    done, t_epoch, loss_sum, loss_n = pos.skip, time.perf_counter(), 0.0, 0
+    smooth, rate = None, None
+    images_per_step = tcfg.batch_size * info.world
+    t0 = time.perf_counter()  # step time includes loading its batch
+    for images, targets, _ in bar:
+        losses, total, lr, stop_now = train_step(run, t, pos, images, targets)
+        done += 1
+        t1 = time.perf_counter()
+        dt, t0 = t1 - t0, t1
+        run.speed.seconds += dt
+        run.speed.images += images_per_step
+        loss_sum, loss_n = loss_sum + total, loss_n + 1
+        smooth = total if smooth is None else 0.9 * smooth + 0.1 * total
+        now = images_per_step / dt
+        rate = now if rate is None else 0.9 * rate + 0.1 * now
+        if info.main:
+            run.log.write(
+                {"type": "step", "step": pos.step, "epoch": pos.epoch + 1, "loss": total, "lr": lr}
+                | {"losses": losses}
+            )
+            bar.set_postfix_str(f"loss {smooth:.3f} lr {lr:.2e} {rate:.1f} img/s")
+        if stop_now:
+            bar.close()
+            if info.main:
+                checkpoint.save_checkpoint(run.last, checkpoint_state(run, t, pos, done))
+            raise Interrupted(
+                f"interrupted at step {pos.step}; saved {run.last}, "
+                f"continue with: digit-train --resume {run.spec.run_dir}"
+            )
+    bar.close()
+    return loss_sum / max(loss_n, 1), time.perf_counter() - t_epoch
+
+
+def train_step(run: Run, t: Training, pos: Position, images, targets):
+    """Forward, NaN check, backward, optimiser and LR step; returns (losses averaged over the
+    ranks, their sum, the LR the step used, whether a Ctrl-C asks every rank to stop)."""
+    tcfg, device = run.spec.train, run.device
+    inputs = to_model_input(images, device)
+    targets = [{k: v.to(device) for k, v in target.items()} for target in targets]
+    with torch.autocast(device.type, dtype=torch.float16, enabled=t.use_amp):
+        losses = t.net(inputs, targets)
+    loss = sum(losses.values())
+    parts = {k: float(v.detach()) for k, v in losses.items()}
+    # the Ctrl-C flag rides along, so every rank stops at the same step
+    parts = distributed.mean_across(parts | {"stop": float(run.stop.requested)}, run.info, device)
+    stop_now = parts.pop("stop") > 0
+    total = sum(parts.values())
+    if not math.isfinite(total):
+        raise _diverged(total, parts, pos, run.last)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if tcfg.grad_clip:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), tcfg.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    lr = t.optimizer.param_groups[0]["lr"]
+    t.scheduler.step()
+    pos.step += 1
+    return parts, total, lr, stop_now
+
+
+def _diverged(total: float, parts: dict, pos: Position, last: Path) -> TrainingDiverged:
+    where = f"step {pos.step + 1} (epoch {pos.epoch + 1})"
+    kept = (
+        f"{last} is the last good checkpoint" if last.exists() else "no checkpoint was written yet"
+    )
+    bad = ", ".join(f"{k}={v}" for k, v in parts.items())
+    return TrainingDiverged(
+        f"loss is {total} at {where} ({bad}); stopped, {kept}; try a lower --lr or --grad-clip"
+    )
+
+
+def evaluate(run: Run, model: torch.nn.Module, valid_s: list[Sample]) -> dict:
+    """Valid metrics (accuracy, map, map50) on every rank: each predicts a shard, rank 0
+    scores them all."""
+    tcfg, info = run.spec.train, run.info
+    dets = predict(model, valid_s, run.spec.model.canvas, tcfg, run.device, info, run.progress)
+    return distributed.broadcast(metrics(dets, valid_s) if info.main else None, info)
+
+
+def end_of_epoch(run: Run, t: Training, pos: Position, m: dict, loss, seconds, eval_s) -> None:
+    """Count the epoch done; rank 0 logs it, keeps best.pt and last.pt, redraws the figures."""
+    tcfg, run_dir = run.spec.train, Path(run.spec.run_dir)
+    pos.epoch, pos.skip = pos.epoch + 1, 0
+    record = {
+        "type": "epoch",
+        "epoch": pos.epoch,
+        "step": pos.step,
+        **m,
+        "train_loss": loss,
+        "train_time_s": round(seconds, 3),
+        "eval_time_s": round(eval_s, 3),
+        "images_per_s": run.speed.images_per_s(3),
+    }
+    improved = _is_better(m, pos.best, tcfg.select)
+    if improved:
+        pos.best = {"epoch": pos.epoch, "step": pos.step, **m}
+    if not run.info.main:
+        return
+    run.log.write(record)
+    full = checkpoint_state(run, t, pos, 0)
+    if improved:
+        keep = ("model", "model_config", "train_config", "step", "epoch", "best")
+        best = {k: full[k] for k in keep} | {"metrics": m}
+        checkpoint.save_checkpoint(run_dir / checkpoint.BEST, best)
+    checkpoint.save_checkpoint(run.last, full)
+    plots.write_figures(run_dir, run.log.records)
+    print(
+        f"epoch {pos.epoch}/{tcfg.epochs}: valid accuracy {m['accuracy']:.4f} "
+        f"mAP {m['map']:.4f} mAP50 {m['map50']:.4f} loss {loss:.4f}"
+        f" {record['images_per_s']} img/s{' (best)' if improved else ''}",
+        file=sys.stderr,
+    )
+
+
+def _is_better(m: dict, best: dict | None, select: str) -> bool:
+    if best is None:
+        return True
+    other = "map" if select == "accuracy" else "accuracy"
+    return (m[select], m[other]) > (best[select], best[other])
+
+
+def checkpoint_state(run: Run, t: Training, pos: Position, batch_in_epoch: int) -> dict:
+    """last.pt: everything --resume needs to continue at (pos.epoch, batch_in_epoch)."""
+    return {
+        "model": t.model.state_dict(),
+        "model_config": run.spec.model.to_dict(),
+        "train_config": run.spec.train.to_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "total_steps": t.total_steps,
+        "rng": _rng_state(run.device),
+        "best": pos.best,
+    }
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -189,256 +536,3 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _is_better(m: dict, best: dict | None, select: str) -> bool:
-    if best is None:
-        return True
-    other = "map" if select == "accuracy" else "accuracy"
-    return (m[select], m[other]) > (best[select], best[other])
-
-
-def train(spec: RunSpec, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or continue) the run in spec.run_dir; returns the summary (rank 0's view).
-
-    A resumed run keeps its scheduler: more --epochs on a single-decay schedule (t0=None)
-    continue at the decayed LR.
-    """
-    tcfg, mcfg = spec.train, spec.model
-    tcfg.validate()
-    mcfg.validate()
-    device_name = _resolve_device(spec.device)
-    info = distributed.init(device_name)
-    device = distributed.device_for(device_name, info)
-    try:
-        return _train(spec, resume, progress and info.main, info, device)
-    finally:
-        distributed.shutdown(info)
-
-
-def _train(spec: RunSpec, resume: bool, progress: bool, info, device) -> dict:
-    tcfg, mcfg, run_dir = spec.train, spec.model, Path(spec.run_dir)
-    t_start = time.perf_counter()
-    torch.manual_seed(tcfg.seed)
-    train_s, valid_s = _load_splits(Path(spec.data_root), spec.limit_train, info.main)
-    batches_per_epoch = len(epoch_batches(len(train_s), tcfg.batch_size, 0, 0, 0, info.world))
-    total_steps = batches_per_epoch * tcfg.epochs
-
-    model = build_model(mcfg, spec.backbone_weights).to(device)
-    optimizer = make_optimizer(model, tcfg)
-    scheduler = make_scheduler(optimizer, tcfg, total_steps)
-    use_amp = device.type == "cuda" and tcfg.amp
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    step, epoch, skip, best = 0, 0, 0, None
-    if resume:
-        state = checkpoint.load_checkpoint(run_dir / checkpoint.LAST)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-        best = state.get("best")
-        _set_rng_state(state["rng"], device)
-    if info.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(run_dir / CONFIG, spec.config_dict(), indent=2)
-        atomic.write_text(run_dir / PRESET_TXT, presets.describe(spec.preset))
-        log = MetricsLog(run_dir, read_records(run_dir, step) if resume else [])
-    net = model
-    if info.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-    def state_dict(position_epoch: int, batch_in_epoch: int) -> dict:
-        return {
-            "model": model.state_dict(),
-            "model_config": mcfg.to_dict(),
-            "train_config": tcfg.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch": position_epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "total_steps": total_steps,
-            "rng": _rng_state(device),
-            "best": best,
-        }
-
-    workers = tcfg.workers if tcfg.workers is not None else (4 if device.type == "cuda" else 0)
-    dataset = DigitDataset(train_s, mcfg.canvas, tcfg, train=True)
-    images_per_step = tcfg.batch_size * info.world
-    if info.main:
-        print(
-            f"training {spec.preset} ({mcfg.backbone}, canvas {mcfg.canvas[0]}x{mcfg.canvas[1]}) "
-            f"on {device} x{info.world}: {len(train_s)} train / {len(valid_s)} valid images, "
-            f"{batches_per_epoch} steps/epoch, {tcfg.epochs} epochs"
-            + (f", resuming at step {step}" if resume else ""),
-            file=sys.stderr,
-        )
-    train_time, train_images, done_in_epoch = 0.0, 0, skip
-    stop = StopFlag()
-    try:
-        while epoch < tcfg.epochs:
-            net.train()
-            batches = epoch_batches(
-                len(train_s), tcfg.batch_size, epoch, tcfg.seed, info.rank, info.world
-            )[skip:]
-            # its own generator: a DataLoader draws a base seed at every iter(), and drawing
-            # it from the global RNG would make a resumed run's RPN/RoI sampling diverge
-            loader = DataLoader(
-                dataset,
-                batch_sampler=batches,
-                collate_fn=collate,
-                num_workers=workers,
-                generator=torch.Generator().manual_seed(tcfg.seed + epoch),
-            )
-            bar = tqdm(
-                loader,
-                desc=f"epoch {epoch + 1}/{tcfg.epochs}",
-                total=len(batches),
-                disable=None if progress else True,  # None: only on a terminal
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
-            done_in_epoch, t_epoch, loss_sum, loss_n = skip, time.perf_counter(), 0.0, 0
-            smooth, rate = None, None
-            t0 = time.perf_counter()  # step time includes loading its batch
-            for images, targets, _ in bar:
-                inputs = to_model_input(images, device)
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    losses = net(inputs, targets)
-                loss = sum(losses.values())
-                parts = {k: float(v.detach()) for k, v in losses.items()}
-                # the Ctrl-C flag rides along, so every rank stops at the same step
-                parts = distributed.mean_across(
-                    parts | {"stop": float(stop.requested)}, info, device
-                )
-                stop_now = parts.pop("stop") > 0
-                total = sum(parts.values())
-                if not math.isfinite(total):
-                    where = f"step {step + 1} (epoch {epoch + 1})"
-                    last = run_dir / checkpoint.LAST
-                    kept = (
-                        f"{last} is the last good checkpoint"
-                        if last.exists()
-                        else "no checkpoint was written yet"
-                    )
-                    bad = ", ".join(f"{k}={v}" for k, v in parts.items())
-                    raise TrainingDiverged(
-                        f"loss is {total} at {where} ({bad}); stopped, {kept}; "
-                        "try a lower --lr or --grad-clip"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if tcfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
-                done_in_epoch += 1
-                t1 = time.perf_counter()
-                dt, t0 = t1 - t0, t1
-                train_time += dt
-                train_images += images_per_step
-                loss_sum, loss_n = loss_sum + total, loss_n + 1
-                smooth = total if smooth is None else 0.9 * smooth + 0.1 * total
-                now = images_per_step / dt
-                rate = now if rate is None else 0.9 * rate + 0.1 * now
-                if info.main:
-                    log.write(
-                        {"type": "step", "step": step, "epoch": epoch + 1, "loss": total, "lr": lr}
-                        | {"losses": parts}
-                    )
-                    bar.set_postfix_str(f"loss {smooth:.3f} lr {lr:.2e} {rate:.1f} img/s")
-                if stop_now:
-                    bar.close()
-                    if info.main:
-                        last = run_dir / checkpoint.LAST
-                        checkpoint.save_checkpoint(last, state_dict(epoch, done_in_epoch))
-                    raise Interrupted(
-                        f"interrupted at step {step}; saved {run_dir / checkpoint.LAST}, "
-                        f"continue with: digit-train --resume {run_dir}"
-                    )
-            bar.close()
-            epoch_time = time.perf_counter() - t_epoch
-            t_eval = time.perf_counter()
-            dets = evaluate.predict(model, valid_s, mcfg.canvas, tcfg, device, info, progress)
-            m = evaluate.metrics(dets, valid_s) if info.main else None
-            m = distributed.broadcast(m, info)
-            epoch, skip, done_in_epoch = epoch + 1, 0, 0
-            record = {
-                "type": "epoch",
-                "epoch": epoch,
-                "step": step,
-                **m,
-                "train_loss": loss_sum / max(loss_n, 1),
-                "train_time_s": round(epoch_time, 3),
-                "eval_time_s": round(time.perf_counter() - t_eval, 3),
-                "images_per_s": round(train_images / train_time, 3) if train_time else None,
-            }
-            improved = _is_better(m, best, tcfg.select)
-            if improved:
-                best = {"epoch": epoch, "step": step, **m}
-            if info.main:
-                log.write(record)
-                full = state_dict(epoch, 0)
-                if improved:
-                    keep = ("model", "model_config", "train_config", "step", "epoch", "best")
-                    checkpoint.save_checkpoint(
-                        run_dir / checkpoint.BEST, {k: full[k] for k in keep} | {"metrics": m}
-                    )
-                checkpoint.save_checkpoint(run_dir / checkpoint.LAST, full)
-                plots.write_figures(run_dir, log.records)
-                mark = " (best)" if improved else ""
-                print(
-                    f"epoch {epoch}/{tcfg.epochs}: valid accuracy {m['accuracy']:.4f} "
-                    f"mAP {m['map']:.4f} mAP50 {m['map50']:.4f} loss {record['train_loss']:.4f}"
-                    f" {record['images_per_s']} img/s{mark}",
-                    file=sys.stderr,
-                )
-            distributed.barrier(info)
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"aborted at step {step}; {run_dir / checkpoint.LAST} (if any) is from the last "
-            "epoch end or the last clean stop"
-        ) from None
-    finally:
-        stop.restore()
-        if info.main:
-            log.close()
-
-    summary = {
-        "run_dir": str(run_dir),
-        "preset": spec.preset,
-        "backbone": mcfg.backbone,
-        "device": str(device),
-        "world_size": info.world,
-        "steps": step,
-        "epochs": tcfg.epochs,
-        "best": best,
-        "train_images_per_s": round(train_images / train_time, 2) if train_time else None,
-        "wall_time_s": round(time.perf_counter() - t_start, 1),
-    }
-    test_dir = Path(spec.data_root) / "test"
-    if test_dir.is_dir():
-        summary["submission"] = _submission(spec, device, info)
-    if info.main:
-        atomic.write_json(run_dir / "summary.json", summary, indent=2)
-    return summary
-
-
-def _submission(spec: RunSpec, device, info) -> dict | None:
-    """pred.json / pred.csv / submission.zip for root/test from best.pt."""
-    test_s = load_split(spec.data_root, "test")
-    distributed.barrier(info)
-    model, mcfg = checkpoint.load_model(spec.run_dir, device)
-    dets = evaluate.predict(model, test_s, mcfg.canvas, spec.train, device, info)
-    if not info.main:
-        return None
-    paths = evaluate.write_submission(spec.run_dir, dets, test_s)
-    return {"images": len(test_s), **paths}

@@ -1,4 +1,4 @@
-"""Validation metrics as the report defines them, and the HW2 submission from a checkpoint.
+"""Predictions of the eager model in original-image pixels, and the report's validation metrics.
 
 Whole-number accuracy uses runtime.decode.decode_number (score >= 0.5, left to right, ties by
 top edge, "-1" when nothing is kept), the same rule as the reader and the export parity gate.
@@ -9,33 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
-import zipfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from digit_reader.runtime import atomic
-from digit_reader.runtime.decode import DEFAULT_THRESHOLD, decode_number
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
 from digit_reader.runtime.preprocess import boxes_from_canvas
-from digit_reader.runtime.submission import coco_results, csv_text
+from digit_reader.runtime.submission import coco_results
 from digit_reader.train import distributed
-from digit_reader.train.data.hw2 import CATEGORIES, Sample
-
-
-@dataclass
-class Detections:
-    """One image's detections in original-image pixels; digits = model label - 1."""
-
-    boxes: np.ndarray  # (n, 4) x1 y1 x2 y2
-    scores: np.ndarray  # (n,)
-    digits: np.ndarray  # (n,) 0..9
-
-    def number(self, threshold: float = DEFAULT_THRESHOLD) -> str:
-        return decode_number(self.boxes, self.scores, self.digits, threshold)
+from digit_reader.train.data.hw2 import CocoWriter, Sample
 
 
 def from_model_output(out: dict, scale: float, size_wh: tuple[int, int]) -> Detections:
@@ -101,22 +84,12 @@ def whole_number_accuracy(
 
 
 def coco_ground_truth(samples: list[Sample]) -> dict:
-    images, anns = [], []
+    """The samples' labels as the COCO object pycocotools scores against (the HW2 json)."""
+    coco = CocoWriter()
     for s in samples:
-        images.append({"id": s.image_id, "width": s.width, "height": s.height})
-        for (x1, y1, x2, y2), d in zip(s.boxes.tolist(), s.digits.tolist(), strict=True):
-            w, h = x2 - x1, y2 - y1
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": s.image_id,
-                    "bbox": [x1, y1, w, h],
-                    "category_id": d + 1,
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": anns, "categories": CATEGORIES}
+        xywh = [(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in s.boxes.tolist()]
+        coco.add(s.image_id, s.path.name, s.width, s.height, xywh, s.digits.tolist())
+    return coco.to_dict()
 
 
 def coco_map(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
@@ -142,24 +115,3 @@ def coco_map(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
 
 def metrics(dets: list[Detections], samples: list[Sample]) -> dict[str, float]:
     return {"accuracy": whole_number_accuracy(dets, samples), **coco_map(dets, samples)}
-
-
-def write_submission(out_dir: str | Path, dets: list[Detections], samples: list[Sample]) -> dict:
-    """HW2 files: pred.json (all detections), pred.csv (every image), and both in a zip."""
-    out_dir = Path(out_dir)
-    results, rows = [], []
-    for d, s in zip(dets, samples, strict=True):
-        results += coco_results(s.image_id, d.boxes, d.scores, d.digits)
-        rows.append((s.image_id, d.number()))
-    pred_json = json.dumps(results)
-    pred_csv = csv_text(rows)
-    paths = {"json": out_dir / "pred.json", "csv": out_dir / "pred.csv"}
-    atomic.write_text(paths["json"], pred_json + "\n")
-    atomic.write_text(paths["csv"], pred_csv)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("pred.json", pred_json + "\n")
-        z.writestr("pred.csv", pred_csv)
-    paths["zip"] = out_dir / "submission.zip"
-    atomic.write_bytes(paths["zip"], buf.getvalue())
-    return {k: str(v) for k, v in paths.items()}

@@ -289,9 +289,12 @@ class CocoWriter:
                 }
             )
 
+    def to_dict(self) -> dict:
+        return {"images": self.images, "annotations": self.annotations, "categories": CATEGORIES}
+
     def save(self, path, info: dict | None = None) -> None:
         coco = {} if info is None else {"info": info}
-        coco.update(images=self.images, annotations=self.annotations, categories=CATEGORIES)
+        coco.update(self.to_dict())
         atomic.write_json(path, coco)
 
     def summary(self) -> dict:

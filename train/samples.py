@@ -1,4 +1,6 @@
-"""Images for the parity gate: the run's own valid set when it can be found, else synthetic ones."""
+"""Images to run a model on when no data set is named: the run's own valid set when it can be
+found, else synthetic SVHN-like ones (the export's parity gate, latency, the stand-in's
+calibration)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The seed's architecture with stand-in weights, for measuring what does not need trained ones.
 
-    python -m benchmarks.standin --out runs/r101-standin [--data ROOT] [--canvas 800x1344]
+    python -m digit_reader.train.standin --out runs/r101-standin [--data ROOT] [--canvas 800x1344]
 
 ImageNet weights and SVHN cannot be downloaded on the development machines, so the seed's
 final model (ResNet-101 FPN, the report's anchors, canvas 800x1344, torchvision's inference
@@ -24,9 +24,9 @@ import click
 import numpy as np
 import torch
 
-from digit_reader.export import samples
 from digit_reader.runtime import atomic
-from digit_reader.train import checkpoint
+from digit_reader.runtime.command import Command
+from digit_reader.train import checkpoint, samples
 from digit_reader.train.config import ModelConfig, TrainConfig
 from digit_reader.train.model import build_model
 
@@ -85,7 +85,7 @@ def _canvas(ctx, param, value: str) -> tuple[int, int]:
     return h, w
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--backbone", default="resnet101", show_default=True)
 @click.option("--canvas", default="800x1344", show_default=True, callback=_canvas)
