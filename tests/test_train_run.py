@@ -101,6 +101,7 @@ def test_ctrl_c_saves_last_and_resume_continues_exactly(straight, data, tmp_path
     os.killpg(proc.pid, signal.SIGINT)  # the process group, workers included
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
+    assert err.decode().count("stopping after this step") == 1  # the trainer, not its workers
     assert "continue with: digit-train --resume" in err.decode()
     stopped = checkpoint.load_checkpoint(run / "last.pt")
     assert 2 <= stopped["step"] < 10
