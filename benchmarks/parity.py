@@ -60,6 +60,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
         return evaluate.metrics(dets, samples) if labelled else NOT_SCORED
 
     ckpt = checkpoint.checkpoint_path(run_dir)
+    parity.fp32_reference()  # no TF32 in the eager reference (nor in ORT's CUDA provider)
     model, cfg = checkpoint.load_model(ckpt, device)
     card = ModelCard.load(export_dir / CARD_NAME)
     if tuple(card.canvas) != tuple(cfg.canvas):
