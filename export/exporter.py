@@ -32,6 +32,8 @@ from digit_reader.export.defaults import (
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, why_no_engine
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD
+from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
 from digit_reader.runtime.trt_backend import probe
@@ -229,13 +231,29 @@ class Gate:
     opts: ExportOptions
 
     def check(self, name: str, backend) -> parity.Parity:
-        """Run `backend` on the canvases; raise ExportFailed unless it passes the rule."""
+        """Run `backend` on the canvases; raise ExportFailed unless it passes the rule. A
+        failure also draws each failing image, eager beside `name`, outside the output
+        directory (a failed export writes nothing there), and says where."""
         precision = name.split()[-1]
-        result = parity.measure(
-            self.ref, parity.backend_detections(backend, self.canvases), self.names
-        )
-        _gate(name, result, precision, self.score_floor, self.opts.fp16_min_agreement)
+        got = parity.backend_detections(backend, self.canvases)
+        result = parity.measure(self.ref, got, self.names)
+        try:
+            _gate(name, result, precision, self.score_floor, self.opts.fp16_min_agreement)
+        except ExportFailed as e:
+            _, bad = result.verdict(precision, self.score_floor, self.opts.fp16_min_agreement)
+            where = self.pictures(name, {d.name for d in bad}, got)
+            raise ExportFailed(f"{e}\npictures (eager left, {name} right): {where}") from None
         return result
+
+    def pictures(self, name: str, failing: set[str], got: list) -> Path:
+        where = Path(tempfile.mkdtemp(prefix="digit-export-parity-"))
+        items = [
+            (n, self.canvases[i].transpose(1, 2, 0), self.ref[i], got[i])
+            for i, n in enumerate(self.names)
+            if n in failing
+        ]
+        write_comparisons(where, items, ("PyTorch eager", name), DEFAULT_THRESHOLD)
+        return where
 
 
 def _install(tmp: Path, out: Path, card: ModelCard) -> None:
