@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from digit_reader.runtime.decode import Prediction
-from digit_reader.runtime.errors import ImageError, UserError
+from digit_reader.runtime.errors import BackendError, ImageError, UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
 
@@ -146,7 +146,8 @@ class Reader:
         return decode_outputs(self.backend(batch), prepared, self.threshold)
 
     def iter_read(self, sources: Iterable) -> Iterator[tuple[object, Prediction | ImageError]]:
-        """(source, Prediction or ImageError) in input order; a bad image never stops the rest."""
+        """(source, Prediction or ImageError) in input order; a bad image never stops the rest,
+        nor does a batch the backend failed (BackendError: each of its images is an ImageError)."""
         pending: deque = deque()
         batch: list[tuple[object, Prepared | ImageError]] = []
         n_ready = 0
@@ -173,9 +174,15 @@ class Reader:
 
     def _flush(self, batch):
         ready = [p for _, p in batch if isinstance(p, Prepared)]
-        preds = iter(self.infer(ready) if ready else [])
+        try:
+            preds = iter(self.infer(ready) if ready else [])
+        except BackendError as e:  # this batch is lost (a server went away): name its images
+            preds, failed = None, e
         for src, p in batch:
-            yield src, (next(preds) if isinstance(p, Prepared) else p)
+            if not isinstance(p, Prepared):
+                yield src, p
+            else:
+                yield src, (next(preds) if preds is not None else ImageError(src, str(failed)))
 
     def read(self, images) -> list[Prediction]:
         """Predictions for a list of inputs (or one input); raises ImageError on a bad image."""
