@@ -21,6 +21,12 @@ from digit_reader.runtime.decode import Prediction
 from digit_reader.runtime.errors import BackendError, ImageError, UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
+from digit_reader.runtime.triton_backend import (
+    TritonBackend,
+    TritonTarget,
+    is_triton_url,
+    parse_url,
+)
 
 DEFAULT_BATCH = 8
 DEFAULT_WORKERS = 2  # threads decoding and letterboxing ahead of the model
@@ -57,10 +63,11 @@ def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> lis
 
 def resolve_model(
     model: str | os.PathLike | None, device: str = "auto", log: Callable[[str], None] = _stderr
-) -> Path:
+) -> Path | TritonTarget:
     """--model, else $DIGIT_MODEL. A directory means the export directory: its model.engine
     where that engine can run here (not with --device cpu), else its model.onnx, saying why
-    on `log`. A file is used as named (an engine that cannot run fails when it is opened)."""
+    on `log`. A file is used as named (an engine that cannot run fails when it is opened).
+    triton://HOST:PORT/MODEL names a model on a Triton server (runtime/triton_backend.py)."""
     model = model or os.environ.get("DIGIT_MODEL")
     if not model:
         raise UserError(
@@ -68,6 +75,8 @@ def resolve_model(
             "`digit-train --preset nano --device cpu` then `digit-export RUN --out DIR`",
             code=2,
         )
+    if is_triton_url(model):
+        return parse_url(model)
     path = Path(model)
     if path.is_dir():
         onnx, engine = path / "model.onnx", path / "model.engine"
@@ -125,8 +134,14 @@ class Reader:
         log: Callable[[str], None] = _stderr,
     ):
         self.path = resolve_model(model, device, log)
-        self.card, entry = card_for(self.path)
-        self.backend = open_backend(self.path, entry, device, log)
+        if isinstance(self.path, TritonTarget):  # the server's config carries the card
+            if device != "auto":
+                log(f"digit-read: --device {device} does not apply to {self.path} (served)")
+            self.backend = TritonBackend(self.path)
+            self.card, entry = self.backend.card, self.backend.entry
+        else:
+            self.card, entry = card_for(self.path)
+            self.backend = open_backend(self.path, entry, device, log)
         limit = self.backend.max_batch or batch_size
         self.batch_size = max(1, min(batch_size, limit))
         self.threshold = self.card.threshold if threshold is None else threshold
