@@ -1,6 +1,9 @@
 """Triton decisions that need no server and no model: triton:// URLs, the card in a config's
 parameters, the config check, the config.pbtxt writer, and how request failures read."""
 
+import subprocess
+import sys
+
 import pytest
 
 from digit_reader.export.tensorrt_engine import BatchProfile
@@ -215,3 +218,28 @@ def test_request_failures_read_as_one_line():
         "the server refused the request: unexpected shape for input 'images'",
         False,
     )
+
+
+def test_without_tritonclient_the_runtime_imports_and_names_the_extra(tmp_path):
+    """The base install has no tritonclient: every runtime module imports, a triton:// model
+    is one line naming the extra, exit 2."""
+    code = """
+import importlib, pkgutil, sys
+sys.modules["tritonclient"] = None  # `import tritonclient...` now raises ImportError
+import digit_reader.runtime as runtime
+for m in pkgutil.iter_modules(runtime.__path__, "digit_reader.runtime."):
+    importlib.import_module(m.name)
+from click.testing import CliRunner
+from digit_reader.runtime.cli import main
+result = CliRunner().invoke(main, ["1.png", "--model", "triton+grpc://127.0.0.1:1/digit_reader"])
+print(result.exit_code)
+print(result.stderr, end="")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    code, line = done.stdout.splitlines()
+    assert code == "2"
+    assert line.startswith("error: tritonclient (grpc) is not installed: ")
+    assert "pip install 'digit-reader[triton]'" in line
