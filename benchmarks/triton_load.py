@@ -1,18 +1,19 @@
 """Load on a Triton server: N client threads share a fixed number of requests; every image must
 be answered exactly once, with what the local reader reads; throughput and p50/p99 latency.
 
-    python -m digit_reader.benchmarks.triton_load --export EXPORT_DIR --clients 1,4,8 --requests 200
-    python -m digit_reader.benchmarks.triton_load --export EXPORT_DIR --url triton://HOST:8000/digit_reader
+    python -m digit_reader.benchmarks.triton_load --export DIR --clients 1,4,8 --batch 1,8
+    python -m digit_reader.benchmarks.triton_load --export DIR --url triton://HOST:8000/digit_reader
 
 Without --url the export is served on 127.0.0.1 by the Triton server of nvidia-pytriton
 (benchmarks/triton_local.py: our config, its Python backend running the same model.onnx with
 ONNX Runtime on the CPU), started and stopped here: the figures are then this machine's CPU
 plus Triton's HTTP/gRPC, queueing and dynamic batching, not a GPU deployment's.
 
-Request i is one batch of --batch images, i*batch ... i*batch+batch-1 of the image set (cyclic),
-letterboxed beforehand (file decoding is not in the figures), sent through the reader's Triton
-backend (runtime/triton_backend.py, one client per thread) and decoded with the reader's
-decode_outputs; its latency is from sending to decoded numbers. Checked, for every run: each
+Each --batch size is a set of runs, one per --clients count. Request i is one batch: images
+i*batch ... i*batch+batch-1 of the image set (cyclic), letterboxed beforehand (file decoding is
+not in the figures), sent through the reader's Triton backend (runtime/triton_backend.py, one
+client per thread) and decoded with the reader's decode_outputs; its latency is from sending to
+decoded numbers. Checked, for every run: each
 (request, slot) answered exactly once, none missing or twice; each answer's number and boxes
 equal to the local ONNX Runtime reader's on that image (so no answer went to another request);
 and the server's own inference count grew by exactly requests x batch (nothing retried or
@@ -54,16 +55,28 @@ def _percentile(values: list[float], q: float) -> float:
 
 def server_inferences(backend: TritonBackend) -> tuple[int, int] | None:
     """(inference_count, execution_count) of the served model from the server's statistics,
-    or None where that endpoint is closed to us."""
+    or None where that endpoint is closed to us. The server counts a request just after it has
+    answered it, so this waits until two readings 0.1 s apart agree (at most 5 s)."""
     t = backend.target
-    try:
-        client = backend._client()
+    client = backend._client()
+
+    def read() -> tuple[int, int]:
         if t.protocol == "grpc":
             stats = client.get_inference_statistics(t.model, t.version, as_json=True)
         else:
             stats = client.get_inference_statistics(t.model, t.version)
         model = stats["model_stats"][0]
         return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+
+    try:
+        last, deadline = read(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = read()
+            if now == last:
+                return now
+            last = now
+        return last
     except Exception:  # a restricted or missing statistics endpoint: the check is skipped
         return None
 
@@ -147,7 +160,7 @@ def run(
     protocols: list[str],
     clients: list[int],
     requests: int,
-    batch: int,
+    batches: list[int],
     data: Path | None,
     n_images: int,
     server_threads: int,
@@ -180,12 +193,13 @@ def run(
             local = Reader(export_dir / backend.file, device="cpu", batch_size=8)
             prepared = [local.prepare(p) for p in paths]
             reference = local.infer(prepared)
-            for _ in range(WARMUP_REQUESTS):
-                backend(np.stack([p.canvas for p in prepared[:batch]]))
-            for n in clients:
-                _log(f"triton-load: {protocol}, {n} client(s), {requests} requests of {batch}")
-                row = load_run(backend, prepared, reference, n, requests, batch)
-                rows.append({"protocol": protocol, **row})
+            for batch in batches:
+                for _ in range(WARMUP_REQUESTS):
+                    backend(np.stack([p.canvas for p in prepared[:batch]]))
+                for n in clients:
+                    _log(f"triton-load: {protocol}, {n} client(s), {requests} requests of {batch}")
+                    row = load_run(backend, prepared, reference, n, requests, batch)
+                    rows.append({"protocol": protocol, **row})
             backend.close()
     return {
         "benchmark": "triton_load",
@@ -261,7 +275,7 @@ def _ints(ctx, param, value: str) -> list[int]:
 )
 @click.option("--clients", default="1,4,8", show_default=True, callback=_ints)
 @click.option("--requests", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=_ints)
 @click.option("--images", "n_images", default=64, show_default=True, type=click.IntRange(1))
 @click.option(
     "--data",
@@ -274,12 +288,16 @@ def _ints(ctx, param, value: str) -> list[int]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where triton_load.json / .md go [default: the export directory].",
 )
-def main(export_dir, url, protocols, clients, requests, batch, n_images, data, server_threads, out):
+def main(
+    export_dir, url, protocols, clients, requests, batches, n_images, data, server_threads, out
+):
     """Concurrent clients against a Triton server: throughput, p50/p99, exactly-once answers."""
     wanted = [p.strip() for p in protocols.split(",") if p.strip()]
     if not wanted or set(wanted) - {"http", "grpc"}:
         raise UserError(f"--protocol: http, grpc or both, not {protocols!r}", code=2)
-    result = run(export_dir, url, wanted, clients, requests, batch, data, n_images, server_threads)
+    result = run(
+        export_dir, url, wanted, clients, requests, batches, data, n_images, server_threads
+    )
     md = markdown(result)
     js, mdp = write(out or export_dir, "triton_load", result, md)
     print(md)
