@@ -47,7 +47,8 @@ def _err(message: str) -> None:
     "--model",
     "-m",
     type=click.Path(),
-    help="model.onnx / model.engine or export dir [default: $DIGIT_MODEL]",
+    help="model.onnx / model.engine, export dir, or triton://HOST:PORT/MODEL "
+    "(triton+grpc:// for gRPC) [default: $DIGIT_MODEL]",
 )
 @click.option(
     "--batch-size", "-b", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1)
