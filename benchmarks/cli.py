@@ -177,11 +177,26 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 @main.command()
 @click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report(result):
-    """The Markdown of a saved parity.json or latency.json (e.g. after a format change)."""
-    from digit_reader.benchmarks import latency, parity
+    """The Markdown of a saved result JSON (parity, latency, triton-load; e.g. after a format
+    change)."""
+    from digit_reader.benchmarks import latency, parity, triton_load
 
     data = json.loads(result.read_text(encoding="utf-8"))
-    render = {"parity": parity.markdown, "latency": latency.markdown}
+    render = {
+        "parity": parity.markdown,
+        "latency": latency.markdown,
+        "triton_load": triton_load.markdown,
+    }
     if not isinstance(data, dict) or data.get("benchmark") not in render:
-        raise UserError(f"{result}: not a digit-bench parity.json or latency.json", code=2)
+        raise UserError(f"{result}: not a digit-bench result ({', '.join(render)})", code=2)
     click.echo(render[data["benchmark"]](data))
+
+
+def _add_standalone_commands() -> None:
+    """Benchmarks that are click commands of their own module (runnable with python -m too)."""
+    from digit_reader.benchmarks import triton_load
+
+    main.add_command(triton_load.main, "triton-load")
+
+
+_add_standalone_commands()

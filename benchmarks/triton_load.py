@@ -1,8 +1,8 @@
 """Load on a Triton server: N client threads share a fixed number of requests; every image must
 be answered exactly once, with what the local reader reads; throughput and p50/p99 latency.
 
-    python -m digit_reader.benchmarks.triton_load --export DIR --clients 1,4,8 --batch 1,8
-    python -m digit_reader.benchmarks.triton_load --export DIR --url triton://HOST:8000/digit_reader
+    digit-bench triton-load --export DIR --clients 1,4,8 --batch 1,8
+    digit-bench triton-load --export DIR --url triton://HOST:8000/digit_reader
 
 Without --url the export is served on 127.0.0.1 by the Triton server of nvidia-pytriton
 (benchmarks/triton_local.py: our config, its Python backend running the same model.onnx with

@@ -176,7 +176,7 @@ def test_usage_errors_exit_2(export_dir, tmp_path):
 def test_report_refuses_other_json(tmp_path):
     (tmp_path / "other.json").write_text('{"rows": []}')
     result = _bench("report", tmp_path / "other.json")
-    assert result.exit_code == 2 and "not a digit-bench parity.json" in result.stderr
+    assert result.exit_code == 2 and "not a digit-bench result" in result.stderr
 
 
 def test_read_speed_times_the_reader(export_dir, synth_root):
