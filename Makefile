@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,dev]'
+	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,ray,dev]'
 	touch $@
 
 lint: install
