@@ -5,20 +5,17 @@ Exit codes: 0 every image read, 1 some inputs failed (each named on stderr), 2 u
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from digit_reader.runtime import atomic
 from digit_reader.runtime.command import Command
-from digit_reader.runtime.errors import ImageError
+from digit_reader.runtime.output import ResultWriter
 from digit_reader.runtime.preprocess import is_image_path
 from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
-from digit_reader.runtime.submission import CSV_HEADER, coco_results, image_id_for, natural_key
+from digit_reader.runtime.submission import natural_key
 
 
 def collect_inputs(paths: tuple[str, ...]) -> tuple[list[Path], list[str]]:
@@ -96,37 +93,19 @@ def main(paths, model, batch_size, threshold, json_path, device, workers):
         f"digit-read: {len(files)} images, {reader.path.name} on {reader.backend.name}, "
         f"canvas {reader.canvas[0]}x{reader.canvas[1]}, batch {reader.batch_size}"
     )
-    out = sys.stdout
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_HEADER)
-    results, n_ok, n_bad = [], 0, len(failures)
     start = time.perf_counter()
     bar = (
         click.progressbar(length=len(files), file=sys.stderr, label="reading")
         if sys.stderr.isatty()
         else None
     )
+    writer = ResultWriter(
+        sys.stdout, json_path, len(failures), on_error=lambda m: _err(f"\n{m}" if bar else m)
+    )
     for path, pred in reader.iter_read(files):
         if bar:
             bar.update(1)
-        if isinstance(pred, ImageError):
-            n_bad += 1
-            _err(f"\nerror: {pred}" if bar else f"error: {pred}")
-            continue
-        n_ok += 1
-        image_id = image_id_for(path)
-        writer.writerow((image_id, pred.number))
-        if json_path:
-            results += coco_results(image_id, pred.boxes, pred.scores, pred.digits)
-    out.flush()
+        writer.add(path, pred)
     if bar:
         bar.render_finish()
-    seconds = time.perf_counter() - start
-    if json_path:
-        atomic.write_text(json_path, json.dumps(results) + "\n")
-    _err(
-        f"digit-read: {n_ok} read, {n_bad} failed in {seconds:.1f} s "
-        f"({n_ok / max(seconds, 1e-9):.1f} images/s)"
-        + (f"; COCO results in {json_path}" if json_path else "")
-    )
-    sys.exit(1 if n_bad else 0)
+    sys.exit(writer.finish(time.perf_counter() - start))
