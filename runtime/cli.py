@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from digit_reader.runtime import ray_read
 from digit_reader.runtime.command import Command
 from digit_reader.runtime.output import ResultWriter
 from digit_reader.runtime.preprocess import is_image_path
@@ -18,10 +19,18 @@ from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
 from digit_reader.runtime.submission import natural_key
 
 
-def collect_inputs(paths: tuple[str, ...]) -> tuple[list[Path], list[str]]:
-    """Files as given, directories' images in natural order; missing paths are failures."""
+def collect_inputs(paths: tuple[str, ...], uris: bool = False) -> tuple[list[Path], list[str]]:
+    """Files as given, directories' images in natural order; missing paths are failures.
+    URIs (`scheme://...`) are kept as strings when `uris` (--ray reads them), else failures."""
     files, missing = [], []
-    for p in map(Path, paths):
+    for p in paths:
+        if ray_read.is_uri(p):
+            if uris:
+                files.append(p)
+            else:
+                missing.append(f"{p}: a URI; only --ray reads URIs")
+            continue
+        p = Path(p)
         if p.is_dir():
             files += sorted(
                 (f for f in p.iterdir() if f.is_file() and is_image_path(f)), key=natural_key
@@ -69,26 +78,42 @@ def _err(message: str) -> None:
     type=click.IntRange(1),
     help="threads that decode and letterbox images ahead of the model",
 )
-def main(paths, model, batch_size, threshold, json_path, device, workers):
+@click.option(
+    "--from-list",
+    type=click.File("r", encoding="utf-8"),
+    help="also read the paths (or, with --ray, URIs) listed in FILE, one per line; - is stdin",
+)
+@ray_read.options
+def main(paths, model, batch_size, threshold, json_path, device, workers, from_list, **ray):
     """Read the house number in each image of PATH... (files or directories).
 
     Writes `image_id,pred_label` CSV to stdout (HW2's pred.csv: image_id = int(stem) for
     numeric names, leading zeros kept, -1 when no digit is found); progress and errors go to
-    stderr.
+    stderr. With --ray the same output comes from model actors on Ray Data.
     """
+    paths, ray = ray_read.parse_options(paths, ray)
+    if from_list:
+        paths = (*paths, *(line.strip() for line in from_list if line.strip()))
     if not paths:
         raise click.UsageError("no inputs: give image files or directories")
     from digit_reader.runtime.reader import Reader
 
-    reader = Reader(
-        model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
-    )
-    files, failures = collect_inputs(paths)
+    if not ray:
+        reader = Reader(
+            model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
+        )
+    files, failures = collect_inputs(paths, uris=bool(ray))
     for message in failures:
         _err(f"error: {message}")
     if not files:
         _err("error: no images found in " + ", ".join(paths))
         sys.exit(2)
+    if ray:
+        sys.exit(
+            ray_read.read(
+                files, len(failures), model, device, batch_size, threshold, json_path, **ray
+            )
+        )
     _err(
         f"digit-read: {len(files)} images, {reader.path.name} on {reader.backend.name}, "
         f"canvas {reader.canvas[0]}x{reader.canvas[1]}, batch {reader.batch_size}"
