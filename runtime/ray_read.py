@@ -339,12 +339,12 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _runtime_package() -> str:
-    """A copy of this package as `digit_reader.runtime`, for a cluster's runtime_env: the
-    nodes need numpy, pillow and onnxruntime (or TensorRT), not digit-reader itself."""
+def _runtime_package(where: str) -> str:
+    """A copy of this package as `digit_reader.runtime` under `where`, for a cluster's
+    runtime_env: the nodes need numpy, pillow and onnxruntime (or TensorRT), not digit-reader."""
     import digit_reader.runtime as runtime
 
-    stage = Path(tempfile.mkdtemp(prefix="digit-ray-pkg-")) / "digit_reader"
+    stage = Path(where) / "digit_reader"
     shutil.copytree(
         Path(runtime.__file__).parent,
         stage / "runtime",
@@ -355,7 +355,8 @@ def _runtime_package() -> str:
 
 
 def start_ray(address: str, cpus: float | None) -> tuple[str | None, float]:
-    """ray.init a local instance (address "local") or join a cluster; (temp dir to remove, s)."""
+    """ray.init a local instance (address "local") or join a cluster; (our temporary
+    directory, for stop_ray; seconds it took)."""
     try:
         import ray
     except ImportError:
@@ -367,19 +368,17 @@ def start_ray(address: str, cpus: float | None) -> tuple[str | None, float]:
         "log_to_driver": False,  # actors' output stays in the session's log files
         "logging_level": logging.WARNING,
     }
-    temp = None
+    temp = tempfile.mkdtemp(prefix="digit-ray-")  # short: a local instance's AF_UNIX sockets
     start = time.perf_counter()
     try:
         if address == LOCAL:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            temp = tempfile.mkdtemp(prefix="digit-ray-")  # short: it holds AF_UNIX sockets
             ray.init(address=LOCAL, num_cpus=cpus or os.cpu_count(), _temp_dir=temp, **common)
         else:
-            env = {"py_modules": [_runtime_package()]}
+            env = {"py_modules": [_runtime_package(temp)]}
             ray.init(address=address, runtime_env=env, **common)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
         lines = str(e).strip().splitlines()
         hint = (
             "; to join HOST:PORT or ray://, set RAY_AUTH_MODE=token (and the cluster's token); "
@@ -400,6 +399,14 @@ def start_ray(address: str, cpus: float | None) -> tuple[str | None, float]:
     for handler in logging.getLogger("ray.data").handlers:
         handler.addFilter(_DropNoise())
     return temp, time.perf_counter() - start
+
+
+def stop_ray(temp: str) -> None:
+    """Disconnect (a local instance stops) and remove start_ray's temporary directory."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def node_resources() -> tuple[list[float], float]:
@@ -594,9 +601,7 @@ def read(
             shards.close()
         return writer.finish(time.perf_counter() - start)
     finally:
-        ray.shutdown()
-        if temp:
-            shutil.rmtree(temp, ignore_errors=True)
+        stop_ray(temp)
 
 
 def _exit_on_sigterm(signum, frame):
