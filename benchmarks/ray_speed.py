@@ -1,25 +1,27 @@
 """Images/s of plain digit-read's Reader and of `digit-read --ray` with 1 and 2 actors on the same
-images, and what Ray costs per image (issue 13).
+images, and what Ray costs: once per job, and per image (issue 13).
 
     python -m digit_reader.benchmarks.ray_speed --export NANO_EXPORT [--export MID_EXPORT] \\
-        IMAGES... [--limit 200] [--batch-size 8] [--out DIR]
+        IMAGES... [--sizes 200,1000] [--batch-size 8] [--repeats 3] [--out DIR]
 
-Per export (model.onnx on the CPU):
-- plain: the Reader digit-read uses, all cores; start-up = opening the model (ORT session),
-  read = Reader.iter_read over every image.
-- --ray, N actors: the pipeline `digit-read --ray` runs (read stage + actor pool, sized by
-  ray_read.plan) on one local Ray instance of every CPU. Ray's own start-up (ray.init) is
-  measured once and reported separately; read = from building the dataset to the last row, so
-  it includes starting the actors and their ORT sessions ("first result s" is when the first
-  rows came back); "after the first result" = images/s from then to the last row.
-- overhead per image = (--ray read s - plain read s) / images.
-Every run's numbers are checked against plain's (same number for every image).
-Writes ray_speed.json and ray_speed.md (to --out), prints the Markdown table.
+Per export (model.onnx on the CPU), each run on the first n images for every n of --sizes:
+- plain: the Reader digit-read uses (all cores): Reader.iter_read over the images, after the
+  model is open (opening it is model_start_s in the JSON).
+- --ray, N actors: the pipeline `digit-read --ray` runs (read stage + actor pool sized by
+  ray_read.plan) on one local Ray instance of every CPU. ray.init is measured once and shown
+  apart; a run's time is from building the dataset to the last row, so it includes starting
+  the actors and their ONNX Runtime sessions.
+- From the two sizes: a line time = fixed + n x per-image, so "fixed s" is what a job pays
+  once (for --ray: actor start-up, scheduling) and "ms/image" what each further image costs;
+  Ray's overhead is the difference to plain's, per job and per image.
+One untimed --ray run on two batches comes first. Every --ray run must read the same number
+for every image as plain. The median of --repeats runs counts. Writes ray_speed.json and
+ray_speed.md (to --out) and prints the Markdown table.
 """
 
 from __future__ import annotations
 
-import os
+import statistics
 import sys
 import time
 from functools import partial
@@ -36,106 +38,106 @@ from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.reader import Reader
 
 
-def plain(export: Path, files: list[Path], batch_size: int) -> dict:
-    t = time.perf_counter()
-    reader = Reader(export, device="cpu", batch_size=batch_size)
-    startup = time.perf_counter() - t
+def plain(reader: Reader, files: list[Path]) -> tuple[float, list[str]]:
     t = time.perf_counter()
     numbers = [pred.number for _, pred in reader.iter_read(files)]
-    read = time.perf_counter() - t
-    return {"startup_s": startup, "read_s": read, "numbers": numbers, "canvas": reader.canvas}
+    return time.perf_counter() - t, numbers
 
 
-def on_ray(export: Path, files: list[Path], batch_size: int, actors: int) -> dict:
-    node_cpus, gpus = ray_read.node_resources()
-    p = ray_read.plan(node_cpus, gpus, actors, "cpu")
+def on_ray(export: Path, files: list[Path], batch_size: int, p: ray_read.Plan):
     items = [{"idx": i, "path": str(Path(f).resolve())} for i, f in enumerate(files)]
     kwargs = {"model": str(export.resolve()), "device": "cpu", "batch_size": batch_size}
     numbers: list[str | None] = [None] * len(files)
     t = time.perf_counter()
-    first = None
     for table in ray_read.result_tables(items, p, batch_size, {**kwargs, "threshold": None}, False):
-        if first is None:
-            first = (time.perf_counter(), table.num_rows)
         for row in table.to_pylist():
             numbers[row["idx"]] = row["number"]
-    end = time.perf_counter()
-    steady = (len(files) - first[1]) / max(end - first[0], 1e-9)
-    return {
-        "read_s": end - t,
-        "first_result_s": first[0] - t,
-        "steady_images_per_s": steady,
-        "numbers": numbers,
-        "num_cpus": p.num_cpus,
-        "threads": p.threads,
-    }
+    return time.perf_counter() - t, numbers
 
 
-def median_run(run, repeats: int) -> dict:
-    """The run with the median read time of `repeats`, with every read time kept."""
-    runs = sorted((run() for _ in range(repeats)), key=lambda r: r["read_s"])
-    return {**runs[len(runs) // 2], "read_s_all": [round(r["read_s"], 3) for r in runs]}
+def timed(run, repeats: int) -> tuple[float, list[float], list]:
+    """(median seconds, every run's seconds, the numbers read) of `repeats` runs."""
+    runs = [run() for _ in range(repeats)]
+    seconds = [s for s, _ in runs]
+    return statistics.median(seconds), [round(s, 3) for s in seconds], runs[0][1]
+
+
+def fit(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
+    """(fixed s, s per image) of the line through the smallest and the largest size."""
+    per_image = (seconds[-1] - seconds[0]) / (sizes[-1] - sizes[0])
+    return seconds[0] - per_image * sizes[0], per_image
 
 
 def measure(
-    exports: list[Path], files: list[Path], batch_size: int, actors: list[int], repeats: int
+    exports: list[Path],
+    files: list[Path],
+    sizes: list[int],
+    batch_size: int,
+    actors: list[int],
+    repeats: int,
 ) -> dict:
     temp, init_s = ray_read.start_ray(ray_read.LOCAL, None)
     import ray
 
     rows = []
     try:
+        node_cpus, gpus = ray_read.node_resources()
         for export in exports:
-            print(f"ray_speed: {export}: plain", file=sys.stderr, flush=True)
-            base = median_run(partial(plain, export, files, batch_size), repeats)
-            n = len(files)
-            canvas = "x".join(map(str, base["canvas"]))
-            rows.append(
-                {
+            t = time.perf_counter()
+            reader = Reader(export, device="cpu", batch_size=batch_size)
+            start_s = time.perf_counter() - t
+            canvas = "x".join(map(str, reader.canvas))
+            configs = [("plain digit-read", None, None)] + [
+                ("--ray", k, ray_read.plan(node_cpus, gpus, k, "cpu")) for k in actors
+            ]
+            base, want = None, {}
+            for how, k, p in configs:
+                row = {
                     "export": str(export),
                     "canvas": canvas,
-                    "how": "plain digit-read",
-                    "actors": None,
-                    "cpus_per_actor": None,
-                    "ort_threads": os.cpu_count(),
-                    "startup_s": round(base["startup_s"], 3),
-                    "read_s": round(base["read_s"], 3),
-                    "read_s_all": base["read_s_all"],
-                    "images_per_s": round(n / base["read_s"], 2),
-                    "first_result_s": None,
-                    "steady_images_per_s": None,
-                    "overhead_ms_per_image": None,
+                    "how": how,
+                    "actors": k,
+                    "cpus_per_actor": p.num_cpus if p else None,
+                    "ort_threads": p.threads
+                    if p
+                    else reader.backend.session.get_session_options().intra_op_num_threads,
+                    "model_start_s": round(start_s, 3) if p is None else None,
+                    "seconds": {},
+                    "seconds_all": {},
                 }
-            )
-            for k in actors:
-                print(f"ray_speed: {export}: --ray, {k} actors", file=sys.stderr, flush=True)
-                r = median_run(partial(on_ray, export, files, batch_size, k), repeats)
-                if r["numbers"] != base["numbers"]:
-                    raise UserError(f"{export}: --ray with {k} actors read other numbers")
-                rows.append(
-                    {
-                        "export": str(export),
-                        "canvas": canvas,
-                        "how": "--ray",
-                        "actors": k,
-                        "cpus_per_actor": r["num_cpus"],
-                        "ort_threads": r["threads"],
-                        "startup_s": None,
-                        "read_s": round(r["read_s"], 3),
-                        "read_s_all": r["read_s_all"],
-                        "images_per_s": round(n / r["read_s"], 2),
-                        "first_result_s": round(r["first_result_s"], 3),
-                        "steady_images_per_s": round(r["steady_images_per_s"], 2),
-                        "overhead_ms_per_image": round(
-                            1000 * (r["read_s"] - base["read_s"]) / n, 2
-                        ),
-                    }
-                )
+                if p is not None:  # warm-up: the first actors of a job start cold
+                    on_ray(export, files[: 2 * batch_size], batch_size, p)
+                for n in sizes:
+                    print(f"ray_speed: {canvas} {how} {k or ''} n={n}", file=sys.stderr, flush=True)
+                    run = (
+                        partial(plain, reader, files[:n])
+                        if p is None
+                        else partial(on_ray, export, files[:n], batch_size, p)
+                    )
+                    median, every, numbers = timed(run, repeats)
+                    if p is None:
+                        want[n] = numbers
+                    elif numbers != want[n]:
+                        raise UserError(f"{export}: --ray with {k} actors read other numbers")
+                    row["seconds"][n], row["seconds_all"][n] = round(median, 3), every
+                seconds = [row["seconds"][n] for n in sizes]
+                fixed, per_image = fit(sizes, seconds)
+                row["images_per_s"] = round(sizes[-1] / seconds[-1], 2)
+                row["fixed_s"] = round(fixed, 3)
+                row["ms_per_image"] = round(1000 * per_image, 3)
+                if p is None:
+                    base = row
+                else:
+                    row["overhead_fixed_s"] = round(fixed - base["fixed_s"], 3)
+                    row["overhead_ms_per_image"] = round(
+                        row["ms_per_image"] - base["ms_per_image"], 3
+                    )
+                rows.append(row)
     finally:
         ray_read.stop_ray(temp)
     return {
         "benchmark": "ray_speed",
-        "images": len(files),
+        "sizes": sizes,
         "batch_size": batch_size,
         "repeats": repeats,
         "ray_version": ray.__version__,
@@ -146,25 +148,24 @@ def measure(
 
 
 def markdown(result: dict) -> str:
-    m = result["machine"]
+    m, sizes = result["machine"], result["sizes"]
     head = (
-        f"digit-read vs digit-read --ray on {result['images']} images, batch "
-        f"{result['batch_size']}, median of {result['repeats']} runs, CPU ({m['cpu']}, "
-        f"{m['cores']} cores); Ray "
-        f"{result['ray_version']}, local instance started in {result['ray_init_s']:.1f} s "
-        "(not in the read times)."
+        f"digit-read vs digit-read --ray, batch {result['batch_size']}, median of "
+        f"{result['repeats']} runs, CPU ({m['cpu']}, {m['cores']} cores); Ray "
+        f"{result['ray_version']}: starting the local instance took {result['ray_init_s']:.1f} s "
+        "(not in the times below)."
     )
     headers = [
         "canvas",
         "how",
         "actors x CPU",
         "ORT threads",
-        "model start s",
-        "first result s",
-        "read s",
-        "images/s",
-        "images/s after the first result",
-        "Ray overhead ms/image",
+        *(f"s for {n} images" for n in sizes),
+        f"images/s ({sizes[-1]})",
+        "fixed s",
+        "ms/image",
+        "Ray's fixed s",
+        "Ray's ms/image",
     ]
     table = [
         [
@@ -172,16 +173,26 @@ def markdown(result: dict) -> str:
             r["how"],
             f"{r['actors']} x {r['cpus_per_actor']:g}" if r["actors"] else "–",
             r["ort_threads"],
-            r["startup_s"] if r["startup_s"] is not None else "in read s",
-            r["first_result_s"],
-            r["read_s"],
+            *(r["seconds"][n] for n in sizes),
             r["images_per_s"],
-            r["steady_images_per_s"],
-            r["overhead_ms_per_image"],
+            r["fixed_s"],
+            r["ms_per_image"],
+            r.get("overhead_fixed_s"),
+            r.get("overhead_ms_per_image"),
         ]
         for r in result["rows"]
     ]
     return head + "\n\n" + markdown_table(headers, table)
+
+
+def _sizes(ctx, param, value: str) -> list[int]:
+    try:
+        sizes = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise click.BadParameter("two or more image counts, e.g. 200,1000") from None
+    if len(sizes) < 2 or sizes[0] < 1:
+        raise click.BadParameter("two or more positive image counts, e.g. 200,1000")
+    return sizes
 
 
 @click.command(cls=Command)
@@ -194,7 +205,7 @@ def markdown(result: dict) -> str:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="digit-export directory; repeat for another canvas (e.g. nano, then a mid-size one)",
 )
-@click.option("--limit", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--sizes", default="200,1000", show_default=True, callback=_sizes)
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--actors", default="1,2", show_default=True, help="actor counts to run")
@@ -205,13 +216,13 @@ def markdown(result: dict) -> str:
     show_default=True,
     help="where ray_speed.json and ray_speed.md go",
 )
-def main(images, exports, limit, batch_size, repeats, actors, out):
+def main(images, exports, sizes, batch_size, repeats, actors, out):
     """Images/s of digit-read and digit-read --ray (1 and 2 actors) on the same images."""
     files, missing = collect_inputs(images)
-    if missing or not files:
-        raise UserError("; ".join(missing) or "no images found", code=2)
+    if missing or len(files) < sizes[-1]:
+        raise UserError("; ".join(missing) or f"{len(files)} images, want {sizes[-1]}", code=2)
     counts = [int(a) for a in actors.split(",") if a.strip()]
-    result = measure(list(exports), files[:limit], batch_size, counts, repeats)
+    result = measure(list(exports), files, sizes, batch_size, counts, repeats)
     md = markdown(result)
     write(out, "ray_speed", result, md)
     print(md)
