@@ -81,6 +81,7 @@ def _err(message: str) -> None:
 @click.option(
     "--from-list",
     type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
     help="also read the paths (or, with --ray, URIs) listed in FILE, one per line; - is stdin",
 )
 @ray_read.options
