@@ -322,3 +322,10 @@ def test_joining_no_cluster_is_a_usage_error(export_dir, synth_root):
     assert done.stdout == ""
     assert re.search(r"^error: cannot join Ray at auto: .+", done.stderr, re.M), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_benchmark_splits_a_fixed_cost_from_a_cost_per_image():
+    from digit_reader.benchmarks.ray_speed import fit
+
+    fixed, per_image = fit([200, 1000], [3.0 + 0.002 * 200, 3.0 + 0.002 * 1000])
+    assert fixed == pytest.approx(3.0) and per_image == pytest.approx(0.002)
