@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,triton,dev]'
+	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,triton,ray,dev]'
 	touch $@
 
 lint: install

@@ -179,13 +179,14 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 def report(result):
     """The Markdown of a saved result JSON (parity, latency, triton-load; e.g. after a format
     change)."""
-    from digit_reader.benchmarks import latency, parity, triton_load
+    from digit_reader.benchmarks import latency, parity, ray_speed, triton_load
 
     data = json.loads(result.read_text(encoding="utf-8"))
     render = {
         "parity": parity.markdown,
         "latency": latency.markdown,
         "triton_load": triton_load.markdown,
+        "ray_speed": ray_speed.markdown,
     }
     if not isinstance(data, dict) or data.get("benchmark") not in render:
         raise UserError(f"{result}: not a digit-bench result ({', '.join(render)})", code=2)
@@ -194,9 +195,10 @@ def report(result):
 
 def _add_standalone_commands() -> None:
     """Benchmarks that are click commands of their own module (runnable with python -m too)."""
-    from digit_reader.benchmarks import triton_load
+    from digit_reader.benchmarks import ray_speed, triton_load
 
     main.add_command(triton_load.main, "triton-load")
+    main.add_command(ray_speed.main, "ray-speed")
 
 
 _add_standalone_commands()

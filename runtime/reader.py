@@ -103,7 +103,14 @@ def _engine_problem(engine: Path) -> str | None:
     return why_engine_cannot_run(entry, probe())
 
 
-def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None] = _stderr):
+def open_backend(
+    path: Path,
+    entry: dict,
+    device: str,
+    log: Callable[[str], None] = _stderr,
+    threads: int | None = None,
+):
+    """The backend for `path`; `threads` caps ONNX Runtime's intra-op threads [all cores]."""
     if path.suffix in (".engine", ".plan"):
         if device == "cpu":
             raise UserError(
@@ -115,12 +122,16 @@ def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None
     if path.suffix == ".onnx":
         from digit_reader.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(path, device, log=log)
+        return OrtBackend(path, device, threads=threads, log=log)
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
 
 
 class Reader:
-    """Reads house numbers with an exported model; settings come from the model.json beside it."""
+    """Reads house numbers with an exported model; settings come from the model.json beside it.
+
+    `workers` threads decode and letterbox ahead of the model; `threads` caps ONNX Runtime's
+    intra-op threads (default: every core), e.g. to the CPU share a Ray actor was granted.
+    """
 
     def __init__(
         self,
@@ -130,6 +141,7 @@ class Reader:
         threshold: float | None = None,
         workers: int = DEFAULT_WORKERS,
         log: Callable[[str], None] = _stderr,
+        threads: int | None = None,
     ):
         self.path = resolve_model(model, device, log)
         if isinstance(self.path, TritonTarget):  # the server's config carries the card
@@ -139,7 +151,7 @@ class Reader:
             self.card, entry = self.backend.card, self.backend.entry
         else:
             self.card, entry = card_for(self.path)
-            self.backend = open_backend(self.path, entry, device, log)
+            self.backend = open_backend(self.path, entry, device, log, threads=threads)
         limit = self.backend.max_batch or batch_size
         self.batch_size = max(1, min(batch_size, limit))
         self.threshold = self.card.threshold if threshold is None else threshold
