@@ -13,22 +13,12 @@ from pathlib import Path
 
 import click
 
-from digit_reader.runtime.command import Group
+from digit_reader.runtime.command import Group, positive_ints
 from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
-
-
-def _batches(ctx, param, value: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of batch sizes, e.g. 1,8,32") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter("batch sizes must be positive")
-    return out
 
 
 @click.group(cls=Group)
@@ -97,7 +87,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     type=click.Choice(["onnxruntime fp32", "onnxruntime fp16", "TensorRT fp32", "TensorRT fp16"]),
     help="Only these forms (repeatable) [default: all; PyTorch eager always].",
 )
-@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=_batches)
+@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=positive_ints)
 @click.option(
     "--iters",
     default=10,

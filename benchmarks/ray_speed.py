@@ -33,7 +33,7 @@ from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.runtime import ray_read
 from digit_reader.runtime.cli import collect_inputs
-from digit_reader.runtime.command import Command
+from digit_reader.runtime.command import Command, positive_ints
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.reader import Reader
 
@@ -186,12 +186,9 @@ def markdown(result: dict) -> str:
 
 
 def _sizes(ctx, param, value: str) -> list[int]:
-    try:
-        sizes = sorted({int(v) for v in value.split(",") if v.strip()})
-    except ValueError:
-        raise click.BadParameter("two or more image counts, e.g. 200,1000") from None
-    if len(sizes) < 2 or sizes[0] < 1:
-        raise click.BadParameter("two or more positive image counts, e.g. 200,1000")
+    sizes = sorted(set(positive_ints(ctx, param, value)))
+    if len(sizes) < 2:
+        raise click.BadParameter("two or more image counts, e.g. 200,1000")
     return sizes
 
 

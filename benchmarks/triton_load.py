@@ -36,7 +36,7 @@ import numpy as np
 
 from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
-from digit_reader.runtime.command import Command
+from digit_reader.runtime.command import Command, positive_ints
 from digit_reader.runtime.errors import BackendError, UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import Reader, decode_outputs
@@ -247,16 +247,6 @@ def markdown(result: dict) -> str:
     return head + "\n\n" + markdown_table(headers, rows)
 
 
-def _ints(ctx, param, value: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of numbers, e.g. 1,4,8") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter("numbers must be positive")
-    return out
-
-
 @click.command(cls=Command)
 @click.option(
     "--export",
@@ -273,9 +263,9 @@ def _ints(ctx, param, value: str) -> list[int]:
     show_default=True,
     help="Without --url: http, grpc or both.",
 )
-@click.option("--clients", default="1,4,8", show_default=True, callback=_ints)
+@click.option("--clients", default="1,4,8", show_default=True, callback=positive_ints)
 @click.option("--requests", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--batch", "batches", default="1,8", show_default=True, callback=_ints)
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=positive_ints)
 @click.option("--images", "n_images", default=64, show_default=True, type=click.IntRange(1))
 @click.option(
     "--data",
