@@ -5,6 +5,7 @@ Exit codes: 0 every image read, 1 some inputs failed (each named on stderr), 2 u
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from digit_reader.runtime.output import ResultWriter
 from digit_reader.runtime.preprocess import is_image_path
 from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
 from digit_reader.runtime.submission import natural_key
+from digit_reader.runtime.triton_backend import is_triton_url
 
 
 def collect_inputs(paths: tuple[str, ...], uris: bool = False) -> tuple[list[Path], list[str]]:
@@ -53,7 +55,8 @@ def _err(message: str) -> None:
     "--model",
     "-m",
     type=click.Path(),
-    help="model.onnx / model.engine or export dir [default: $DIGIT_MODEL]",
+    help="model.onnx / model.engine, export dir, or triton://HOST:PORT/MODEL "
+    "(triton+grpc:// for gRPC) [default: $DIGIT_MODEL]",
 )
 @click.option(
     "--batch-size", "-b", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1)
@@ -125,6 +128,11 @@ def main(
         raise click.UsageError("no inputs: give image files or directories")
     from digit_reader.runtime.reader import Reader
 
+    if ray and is_triton_url(model or os.environ.get("DIGIT_MODEL", "")):
+        raise click.UsageError(
+            "--ray reads with a local model (an export dir or file): its "
+            "actors are the servers; use triton:// without --ray"
+        )
     if not ray:
         reader = Reader(
             model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
