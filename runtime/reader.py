@@ -106,7 +106,7 @@ def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None
     if path.suffix == ".onnx":
         from digit_reader.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(path, device, log=log)
+        return OrtBackend(path, device, log=log, precision=entry.get("precision"))
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
 
 
