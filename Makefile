@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEMO ?= demo
 
-.PHONY: install test demo lint gpu-check
+.PHONY: install test demo lint gpu-check docs-pictures
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,dev]'
+	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,triton,ray,dev]'
 	touch $@
 
 lint: install
@@ -26,11 +26,11 @@ test: lint
 # The whole pipeline on the embedded synthetic data, CPU only (about 12 minutes on 2 cores):
 # data -> train (nano) -> export (fp32 + fp16 + int8, parity-gated) -> read -> parity and latency.
 demo: install
-	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json
+	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json $(DEMO)/sheet.png
 	$(VENV)/bin/digit-data synth --out $(DEMO)/data --train 2000 --valid 200 --test 200 --seed 0 --workers 2
 	$(VENV)/bin/digit-train --data $(DEMO)/data --out $(DEMO)/run --preset nano --device cpu
 	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8
-	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --json $(DEMO)/pred.json > $(DEMO)/pred.csv
+	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --json $(DEMO)/pred.json --sheet $(DEMO)/sheet.png > $(DEMO)/pred.csv
 	$(VENV)/bin/digit-bench parity --run $(DEMO)/run --export $(DEMO)/export --data $(DEMO)/data > /dev/null
 	$(VENV)/bin/digit-bench latency --export $(DEMO)/export --data $(DEMO)/data --batch 1,8,32 > /dev/null
 	@echo; cat $(DEMO)/export/parity.md; echo; cat $(DEMO)/export/latency.md; echo
@@ -39,7 +39,8 @@ demo: install
 	@echo "  training run    $(DEMO)/run/ (best.pt, last.pt, metrics.jsonl, fig1-4 PNGs, pred.csv)"
 	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.int8.onnx + its calibration cache, model.json)"
 	@echo "  HW2 submission  $(DEMO)/pred.csv $(DEMO)/pred.json"
-	@echo "  benchmarks      $(DEMO)/export/{parity,latency}.{json,md}"
+	@echo "  benchmarks      $(DEMO)/export/{parity,latency}.{json,md}, $(DEMO)/export/parity/ (pictures)"
+	@echo "  contact sheet   $(DEMO)/sheet.png (24 test images, drawn: boxes, digits, scores, number)"
 
 # On a machine with an NVIDIA GPU and PyPI: install the GPU extras into their own venv, then run
 # every GPU path (GPU tests, CUDA+AMP training and resume, engines, read, parity, latency) and
@@ -50,3 +51,12 @@ gpu-check:
 	python3 -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/pip install -q $(TORCH) -e '.[gpu,train,export,dev]'
 	$(GPU_VENV)/bin/python -m digit_reader.benchmarks.gpu_check --out gpu-check.md --work gpu-check
+
+# The README's pictures, from the demo's outputs (run `make demo` first): its contact sheet, and
+# the first parity picture digit-bench parity drew (an image some form reads differently).
+docs-pictures: install
+	mkdir -p docs
+	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --sheet docs/sheet.png > /dev/null
+	@first=$$(ls $(DEMO)/export/parity/*/*.png 2>/dev/null | head -1); \
+	if [ -n "$$first" ]; then cp "$$first" docs/parity-example.png; echo "docs/parity-example.png <- $$first"; \
+	else echo "no form read any image differently from PyTorch: no parity picture"; fi

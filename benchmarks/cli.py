@@ -15,23 +15,13 @@ from pathlib import Path
 import click
 
 from digit_reader.export.defaults import FILES
-from digit_reader.runtime.command import Group
+from digit_reader.runtime.command import Group, positive_ints
 from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 FORMS = [f"{backend} {precision}" for backend in ("onnxruntime", "TensorRT") for precision in FILES]
-
-
-def _batches(ctx, param, value: str) -> list[int]:
-    try:
-        out = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of batch sizes, e.g. 1,8,32") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter("batch sizes must be positive")
-    return out
 
 
 @click.group(cls=Group)
@@ -101,7 +91,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     type=click.Choice(FORMS),
     help="Only these forms (repeatable) [default: all; PyTorch eager always].",
 )
-@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=_batches)
+@click.option("--batch", "batches", default="1,8,32", show_default=True, callback=positive_ints)
 @click.option(
     "--iters",
     default=10,
@@ -215,14 +205,29 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 @main.command()
 @click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report(result):
-    """The Markdown of a saved parity.json, latency.json or profile.json (e.g. after a format
-    change)."""
-    from digit_reader.benchmarks import latency, parity, profile
+    """The Markdown of a saved result JSON (parity, latency, profile, triton-load, ray-speed;
+    e.g. after a format change)."""
+    from digit_reader.benchmarks import latency, parity, profile, ray_speed, triton_load
 
     data = json.loads(result.read_text(encoding="utf-8"))
-    render = {"parity": parity.markdown, "latency": latency.markdown, "profile": profile.markdown}
+    render = {
+        "parity": parity.markdown,
+        "latency": latency.markdown,
+        "profile": profile.markdown,
+        "triton_load": triton_load.markdown,
+        "ray_speed": ray_speed.markdown,
+    }
     if not isinstance(data, dict) or data.get("benchmark") not in render:
-        raise UserError(
-            f"{result}: not a digit-bench parity.json, latency.json or profile.json", code=2
-        )
+        raise UserError(f"{result}: not a digit-bench result ({', '.join(render)})", code=2)
     click.echo(render[data["benchmark"]](data))
+
+
+def _add_standalone_commands() -> None:
+    """Benchmarks that are click commands of their own module (runnable with python -m too)."""
+    from digit_reader.benchmarks import ray_speed, triton_load
+
+    main.add_command(triton_load.main, "triton-load")
+    main.add_command(ray_speed.main, "ray-speed")
+
+
+_add_standalone_commands()

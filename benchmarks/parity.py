@@ -14,6 +14,7 @@ below PyTorch's. An int8 graph runs as the reader runs it: on the CPU, in its CP
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from digit_reader.export.defaults import (
     INT8_MIN_AGREEMENT,
     SCORE_TOL,
 )
+from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import Reader
@@ -56,7 +58,17 @@ def _log(message: str) -> None:
 NOT_SCORED = {"accuracy": None, "map": None, "map50": None}
 
 
-def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | None, device: str):
+def run(
+    run_dir: Path,
+    export_dir: Path,
+    data: Path,
+    split: str,
+    limit: int | None,
+    device: str,
+    pictures: Path | None = None,
+):
+    """The parity result; with `pictures`, also one PNG per image and form where the form's
+    number differs from PyTorch's, in pictures/<form>/ (PyTorch left, the form right)."""
     samples = load_split(data, split)[:limit]
     if not samples:
         raise UserError(f"{data}: split {split!r} has no images", code=2)
@@ -67,6 +79,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
         return evaluate.metrics(dets, samples) if labelled else NOT_SCORED
 
     ckpt = checkpoint.checkpoint_path(run_dir)
+    parity.fp32_reference()  # no TF32 in the eager reference (nor in ORT's CUDA provider)
     model, cfg = checkpoint.load_model(ckpt, device)
     card = ModelCard.load(export_dir / CARD_NAME)
     if tuple(card.canvas) != tuple(cfg.canvas):
@@ -100,6 +113,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
         scored = scores(dets)
         if form.precision == "int8" and labelled:
             passed &= scored["accuracy"] >= rows[0]["accuracy"] - INT8_MAX_ACCURACY_DROP - 1e-9
+        drawn = _pictures(pictures, form.name, samples, ref, dets, reader.threshold)
         rows.append(
             row
             | {"status": "pass" if passed else "FAIL"}
@@ -111,6 +125,7 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
                 "score_dev_max": result.max_score_dev,
                 "size_mb": form.path.stat().st_size / 1e6,
                 "disagreements": [parity.describe(d) for d in bad[:50]],
+                "pictures": [str(p.relative_to(pictures.parent)) for p in drawn],
             }
         )
     passed = all(r["status"] != "FAIL" for r in rows)
@@ -134,6 +149,18 @@ def run(run_dir: Path, export_dir: Path, data: Path, split: str, limit: int | No
         "passed": passed,
         "machine": machine(),
     }
+
+
+def _pictures(where: Path | None, form: str, samples, ref, dets, threshold: float) -> list[Path]:
+    """Side-by-side drawings of the images where `form` reads another number than PyTorch."""
+    if where is None:
+        return []
+    differ = [
+        (s.path.name, s.path, r, d)
+        for s, r, d in zip(samples, ref, dets, strict=True)
+        if r.number(threshold) != d.number(threshold)
+    ]
+    return write_comparisons(where / form.replace(" ", "-"), differ, ("PyTorch", form), threshold)
 
 
 def _score(row: dict, key: str):
@@ -165,13 +192,22 @@ def markdown(result: dict) -> str:
         + ("" if result.get("labelled", True) else "; no labels: agreement with PyTorch only")
         + f". {'PASS' if result['passed'] else 'FAIL'}."
     )
-    return head + "\n\n" + markdown_table(HEADERS, table)
+    text = head + "\n\n" + markdown_table(HEADERS, table)
+    drawn = [(r["form"], p) for r in result["rows"] for p in r.get("pictures", [])]
+    if drawn:
+        text += "\n\nImages read as another number than PyTorch's (PyTorch left, the form right):\n"
+        text += "\n".join(f"- {form}: [{Path(p).name}]({p})" for form, p in drawn)
+    return text
 
 
 def main(run_dir, export_dir, data, split, limit, device, out) -> int:
-    result = run(run_dir, export_dir, data, split, limit, device)
+    out = out or export_dir
+    pictures = out / "parity"
+    if pictures.is_dir():  # pictures of an earlier run would pass for this one's
+        shutil.rmtree(pictures)
+    result = run(run_dir, export_dir, data, split, limit, device, pictures)
     md = markdown(result)
-    js, mdp = write(out or export_dir, "parity", result, md)
+    js, mdp = write(out, "parity", result, md)
     print(md)
     for r in result["rows"]:
         for line in r.get("disagreements", [])[:10]:

@@ -3,7 +3,8 @@ parity-gated.
 
 Exit codes: 0 exported (an engine skipped for want of TensorRT/GPU is said on stderr), 1 the
 graph failed a TensorRT rule or the parity gate (nothing written) or --engine could not be
-met, 2 usage.
+met, 2 usage. `--triton REPO` also writes a Triton model repository (export/triton_repo.py);
+`digit-export EXPORT_DIR --triton REPO` writes one from an existing export, re-exporting nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from digit_reader.export.defaults import (
 )
 from digit_reader.export.tensorrt_engine import BatchProfile
 from digit_reader.runtime.command import Command
+from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.modelcard import CARD_NAME
 
 
 @click.command(cls=Command)
@@ -126,14 +129,46 @@ from digit_reader.runtime.command import Command
     help="Where the parity gate runs PyTorch and ONNX Runtime.",
 )
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(16, 21))
+@click.option(
+    "--triton",
+    "triton_repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write a Triton Inference Server model repository here (REPO/digit_reader/...).",
+)
 @click.pass_context
-def main(ctx, source, out, fp16, int8, engine, min_batch, opt_batch, max_batch, workspace, **rest):
+def main(
+    ctx,
+    source,
+    out,
+    fp16,
+    int8,
+    engine,
+    min_batch,
+    opt_batch,
+    max_batch,
+    workspace,
+    triton_repo,
+    **rest,
+):
     """Export a digit-train run (or checkpoint) to ONNX and TensorRT.
 
     Writes model.onnx (uint8 [N, 3, H, W] canvas in; num_dets, boxes, scores, labels out),
     model.fp16.onnx with --fp16, model.int8.onnx with --int8, an engine of each where
-    TensorRT and an NVIDIA GPU are present, and model.json, which digit-read needs beside them.
+    TensorRT and an NVIDIA GPU are present, and model.json, which digit-read needs beside
+    them. With --triton REPO also a Triton model repository of them; SOURCE may then be an
+    export directory, which is not re-exported.
     """
+    profile = BatchProfile(min_batch, opt_batch, max_batch)
+    if source.is_dir() and (source / CARD_NAME).is_file():
+        if not triton_repo or fp16 or int8 or engine or out:
+            raise UserError(
+                f"{source} is an export directory (it has {CARD_NAME}): give only --triton REPO "
+                "(and the batch options) to write a Triton repository from it, or export from "
+                "the training run",
+                code=2,
+            )
+        click.echo(format_triton(source, triton_repo, _write_triton(source, triton_repo, profile)))
+        return
     from digit_reader.export.exporter import ExportOptions, run
 
     if not int8:
@@ -146,12 +181,25 @@ def main(ctx, source, out, fp16, int8, engine, min_batch, opt_batch, max_batch, 
         fp16=fp16,
         int8=int8,
         engine=engine,
-        profile=BatchProfile(min_batch, opt_batch, max_batch),
+        profile=profile,
         workspace_gib=workspace,
         **rest,
     )
     summary = run(opts)
     click.echo(format_summary(summary))
+    if triton_repo:
+        models = _write_triton(Path(summary["out"]), triton_repo, profile)
+        click.echo(format_triton(Path(summary["out"]), triton_repo, models))
+
+
+def _write_triton(export_dir: Path, repo: Path, profile: BatchProfile) -> list[str]:
+    from digit_reader.export.triton_repo import write_repository
+
+    return write_repository(export_dir, repo, profile)
+
+
+def format_triton(export_dir: Path, repo: Path, models: list[str]) -> str:
+    return f"triton     {repo} ({', '.join(models)}; from {export_dir}, see {repo}/README.md)"
 
 
 INT8_ONLY = (

@@ -45,7 +45,8 @@ from digit_reader.export.defaults import (
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, why_no_engine
-from digit_reader.runtime.decode import Detections
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
+from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
 from digit_reader.runtime.preprocess import boxes_from_canvas
@@ -382,22 +383,28 @@ class Gate:
     sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def check(self, name: str, backend, precision: str | None = None) -> Checked:
-        """Run `backend` on the canvases; raise ExportFailed unless it passes the rule."""
+        """Run `backend` on the canvases; raise ExportFailed unless it passes the rule. A
+        failure also draws each failing image, eager beside `name`, outside the output
+        directory (a failed export writes nothing there), and says where."""
         precision = precision or name.split()[-1]
         n = self.opts.gate_images(precision)
-        dets = parity.backend_detections(backend, self.canvases[:n])
-        result = parity.measure(self.ref[:n], dets, self.names[:n])
+        got = parity.backend_detections(backend, self.canvases[:n])
+        result = parity.measure(self.ref[:n], got, self.names[:n])
         checked = Checked(result)
         accuracy = None
         if precision == "int8" and self.truth is not None:
-            checked.accuracy = self.accuracy(dets)
+            checked.accuracy = self.accuracy(got)
             checked.eager_accuracy = self.accuracy(self.ref[:n])
-            drop = self.opts.int8_max_accuracy_drop
-            accuracy = (checked.accuracy, checked.eager_accuracy, drop)
+            accuracy = (checked.accuracy, checked.eager_accuracy, self.opts.int8_max_accuracy_drop)
         elif precision == "int8":
             _log(f"parity {name}: the images have no labels; accuracy not checked")
         min_agreement = self.opts.min_agreement(precision)
-        _gate(name, result, precision, self.score_floor, min_agreement, accuracy)
+        try:
+            _gate(name, result, precision, self.score_floor, min_agreement, accuracy)
+        except ExportFailed as e:
+            _, bad = result.verdict(precision, self.score_floor, min_agreement)
+            where = self.pictures(name, {d.name for d in bad}, got)
+            raise ExportFailed(f"{e}\npictures (eager left, {name} right): {where}") from None
         return checked
 
     def accuracy(self, dets: list[Detections]) -> float:
@@ -407,6 +414,16 @@ class Gate:
             for d, scale, size, t in zip(dets, self.scales, self.sizes, self.truth, strict=False)
         ]
         return sum(hits) / max(len(hits), 1)
+
+    def pictures(self, name: str, failing: set[str], got: list) -> Path:
+        where = Path(tempfile.mkdtemp(prefix="digit-export-parity-"))
+        items = [
+            (n, self.canvases[i].transpose(1, 2, 0), self.ref[i], got[i])
+            for i, n in enumerate(self.names[: len(got)])
+            if n in failing
+        ]
+        write_comparisons(where, items, ("PyTorch eager", name), DEFAULT_THRESHOLD)
+        return where
 
 
 def _install(tmp: Path, out: Path, card: ModelCard) -> None:

@@ -2,10 +2,8 @@
 
 Nothing in this package may import torch, torchvision, `train` or `export`
 (tests/test_imports.py enforces it), so a deployment box needs only numpy,
-pillow, click and one inference backend.
+pillow, click and one inference backend. Optional extras (ray and pyarrow for
+`digit-read --ray`) are imported inside functions only: every module imports without them.
 """
 
 __version__ = "0.1.0"
-
-# Backends whose modules import an optional extra at import time (none yet; see the extras).
-OPTIONAL_BACKENDS: frozenset[str] = frozenset()

@@ -42,3 +42,16 @@ class Group(_ReportsUserErrors, click.Group):
 
     command_class = Command
     group_class = type  # subgroups are Groups too
+
+
+def positive_ints(ctx, param, value: str) -> list[int]:
+    """click callback: a comma-separated list of positive integers ("1,8,32"), as given."""
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"a comma-separated list of positive integers, not {value!r}"
+        ) from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"a comma-separated list of positive integers, not {value!r}")
+    return out

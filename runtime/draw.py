@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from digit_reader.runtime import atomic
-from digit_reader.runtime.decode import NO_DIGIT, Prediction
+from digit_reader.runtime.decode import NO_DIGIT, Detections, Prediction
 
 MIN_HEIGHT = 192  # enlarge smaller images by a whole factor until they are at least this high
 MAX_FACTOR = 8
@@ -161,3 +161,36 @@ class Drawer:
     def close(self) -> None:
         if self.sheet and self.drawn:
             save_png(contact_sheet(self.drawn), self.sheet)
+
+
+def comparison(
+    image: np.ndarray | Image.Image,
+    ref: Detections,
+    other: Detections,
+    names: tuple[str, str],
+    threshold: float,
+) -> Image.Image:
+    """The reference's reading (left) beside another form's (right) of the same image."""
+    left, right = (Prediction.decode(d, threshold) for d in (ref, other))
+    titles = (f"{names[0]}: {left.number}", f"{names[1]}: {right.number}")
+    return side_by_side(draw_prediction(image, left), draw_prediction(image, right), titles)
+
+
+def write_comparisons(
+    out_dir: str | os.PathLike,
+    items: list[tuple[str, object, Detections, Detections]],
+    names: tuple[str, str],
+    threshold: float,
+) -> list[Path]:
+    """One comparison PNG per (image name, image, reference, other) in `out_dir`; returns the
+    paths. The image is anything open_rgb takes (a path, an HxWx3 array)."""
+    from digit_reader.runtime.preprocess import open_rgb
+
+    out_dir = Path(out_dir)
+    paths = []
+    for name, image, ref, other in items:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / drawing_name(name)
+        save_png(comparison(open_rgb(image), ref, other, names, threshold), path)
+        paths.append(path)
+    return paths

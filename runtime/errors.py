@@ -16,3 +16,8 @@ class ImageError(UserError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class BackendError(UserError):
+    """The backend failed one batch (a server went away, timed out or refused it): the reader
+    names that batch's images as failed and goes on with the next batch."""

@@ -7,7 +7,9 @@ with it in model.json.
 
 from __future__ import annotations
 
+import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +39,41 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes, read elsewhere (e.g. by Ray Data's read stage), with the name the
+    file's errors are reported under. open_rgb treats it exactly as the file itself."""
+
+    name: str
+    data: bytes
+
+
+def read_encoded(path: str | os.PathLike, opener=open) -> EncodedImage:
+    """The bytes of an image file, unchecked; ImageError with open_rgb's reasons if the file
+    cannot be read. `opener(path, "rb")` may open other filesystems (a URI)."""
+    try:
+        with opener(path, "rb") as f:
+            return EncodedImage(str(path), f.read())
+    except OSError as e:
+        raise _image_error(path, e) from None
+
+
+def _image_error(name, e: Exception) -> ImageError:
+    """The one-line reason for an exception met while reading or decoding an image."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError(name, "no such file")
+    if isinstance(e, IsADirectoryError):
+        return ImageError(name, "is a directory, not an image")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(name, "not an image file PIL can read")
+    if isinstance(e, Image.DecompressionBombError):
+        return ImageError(name, f"decompression-bomb guard: {e}")
+    return ImageError(name, f"truncated or corrupt image data ({e})")
+
+
 def open_rgb(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read a file path (or file object / PIL image / uint8 array) as HxWx3 uint8 RGB, EXIF
-    orientation applied.
+    """Read a file path (or EncodedImage / file object / PIL image / uint8 array) as HxWx3 uint8
+    RGB, EXIF orientation applied.
 
     Raises ImageError with a one-line reason for anything that is not a readable image.
     """
@@ -53,7 +87,11 @@ def open_rgb(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return _to_rgb(ImageOps.exif_transpose(source))
     name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
     try:
-        if isinstance(source, (str, os.PathLike)) and os.path.getsize(source) == 0:
+        if isinstance(source, EncodedImage):
+            source, size = io.BytesIO(source.data), len(source.data)
+        else:
+            size = os.path.getsize(source) if isinstance(source, (str, os.PathLike)) else None
+        if size == 0:
             raise ImageError(name, "empty file (0 bytes)")
         with Image.open(source) as img:
             w, h = img.size
@@ -67,16 +105,8 @@ def open_rgb(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(name, "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(name, "is a directory, not an image") from None
-    except UnidentifiedImageError:
-        raise ImageError(name, "not an image file PIL can read") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(name, f"decompression-bomb guard: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(name, f"truncated or corrupt image data ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise _image_error(name, e) from None
 
 
 def letterbox(rgb: np.ndarray, canvas_hw: tuple[int, int]) -> tuple[np.ndarray, float]:

@@ -18,9 +18,15 @@ import numpy as np
 from PIL import Image
 
 from digit_reader.runtime.decode import Detections, Prediction, split_outputs
-from digit_reader.runtime.errors import ImageError, UserError
+from digit_reader.runtime.errors import BackendError, ImageError, UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
+from digit_reader.runtime.triton_backend import (
+    TritonBackend,
+    TritonTarget,
+    is_triton_url,
+    parse_url,
+)
 
 DEFAULT_BATCH = 8
 DEFAULT_WORKERS = 2  # threads decoding and letterboxing ahead of the model
@@ -55,10 +61,11 @@ def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> lis
 
 def resolve_model(
     model: str | os.PathLike | None, device: str = "auto", log: Callable[[str], None] = _stderr
-) -> Path:
+) -> Path | TritonTarget:
     """--model, else $DIGIT_MODEL. A directory means the export directory: its model.engine
     where that engine can run here (not with --device cpu), else its model.onnx, saying why
-    on `log`. A file is used as named (an engine that cannot run fails when it is opened)."""
+    on `log`. A file is used as named (an engine that cannot run fails when it is opened).
+    triton://HOST:PORT/MODEL names a model on a Triton server (runtime/triton_backend.py)."""
     model = model or os.environ.get("DIGIT_MODEL")
     if not model:
         raise UserError(
@@ -66,6 +73,8 @@ def resolve_model(
             "`digit-train --preset nano --device cpu` then `digit-export RUN --out DIR`",
             code=2,
         )
+    if is_triton_url(model):
+        return parse_url(model)
     path = Path(model)
     if path.is_dir():
         onnx, engine = path / "model.onnx", path / "model.engine"
@@ -94,7 +103,14 @@ def _engine_problem(engine: Path) -> str | None:
     return why_engine_cannot_run(entry, probe())
 
 
-def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None] = _stderr):
+def open_backend(
+    path: Path,
+    entry: dict,
+    device: str,
+    log: Callable[[str], None] = _stderr,
+    threads: int | None = None,
+):
+    """The backend for `path`; `threads` caps ONNX Runtime's intra-op threads [all cores]."""
     if path.suffix in (".engine", ".plan"):
         if device == "cpu":
             raise UserError(
@@ -106,12 +122,16 @@ def open_backend(path: Path, entry: dict, device: str, log: Callable[[str], None
     if path.suffix == ".onnx":
         from digit_reader.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(path, device, log=log, precision=entry.get("precision"))
+        return OrtBackend(path, device, threads=threads, log=log, precision=entry.get("precision"))
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
 
 
 class Reader:
-    """Reads house numbers with an exported model; settings come from the model.json beside it."""
+    """Reads house numbers with an exported model; settings come from the model.json beside it.
+
+    `workers` threads decode and letterbox ahead of the model; `threads` caps ONNX Runtime's
+    intra-op threads (default: every core), e.g. to the CPU share a Ray actor was granted.
+    """
 
     def __init__(
         self,
@@ -121,10 +141,17 @@ class Reader:
         threshold: float | None = None,
         workers: int = DEFAULT_WORKERS,
         log: Callable[[str], None] = _stderr,
+        threads: int | None = None,
     ):
         self.path = resolve_model(model, device, log)
-        self.card, entry = card_for(self.path)
-        self.backend = open_backend(self.path, entry, device, log)
+        if isinstance(self.path, TritonTarget):  # the server's config carries the card
+            if device != "auto":
+                log(f"digit-read: --device {device} does not apply to {self.path} (served)")
+            self.backend = TritonBackend(self.path)
+            self.card, entry = self.backend.card, self.backend.entry
+        else:
+            self.card, entry = card_for(self.path)
+            self.backend = open_backend(self.path, entry, device, log, threads=threads)
         limit = self.backend.max_batch or batch_size
         self.batch_size = max(1, min(batch_size, limit))
         self.threshold = self.card.threshold if threshold is None else threshold
@@ -144,7 +171,8 @@ class Reader:
         return decode_outputs(self.backend(batch), prepared, self.threshold)
 
     def iter_read(self, sources: Iterable) -> Iterator[tuple[object, Prediction | ImageError]]:
-        """(source, Prediction or ImageError) in input order; a bad image never stops the rest."""
+        """(source, Prediction or ImageError) in input order; a bad image never stops the rest,
+        nor does a batch the backend failed (BackendError: each of its images is an ImageError)."""
         pending: deque = deque()
         batch: list[tuple[object, Prepared | ImageError]] = []
         n_ready = 0
@@ -171,9 +199,15 @@ class Reader:
 
     def _flush(self, batch):
         ready = [p for _, p in batch if isinstance(p, Prepared)]
-        preds = iter(self.infer(ready) if ready else [])
+        try:
+            preds = iter(self.infer(ready) if ready else [])
+        except BackendError as e:  # this batch is lost (a server went away): name its images
+            preds, failed = None, e
         for src, p in batch:
-            yield src, (next(preds) if isinstance(p, Prepared) else p)
+            if not isinstance(p, Prepared):
+                yield src, p
+            else:
+                yield src, (next(preds) if preds is not None else ImageError(src, str(failed)))
 
     def read(self, images) -> list[Prediction]:
         """Predictions for a list of inputs (or one input); raises ImageError on a bad image."""

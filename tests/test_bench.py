@@ -13,6 +13,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
+from PIL import Image
 
 from digit_reader.benchmarks.cli import main
 from digit_reader.runtime.modelcard import ModelCard
@@ -65,6 +66,7 @@ def test_parity_writes_json_and_markdown_and_passes(nano_run, export_dir, synth_
     assert rows["TensorRT fp32"]["status"].startswith("skipped: ")
     md = (tmp_path / "parity.md").read_text()
     assert "| onnxruntime fp32 | pass |" in md and "PASS" in md
+    assert ort32["pictures"] == [] and not (tmp_path / "parity" / "onnxruntime-fp32").exists()
     assert md.strip() in result.stdout
     assert _bench("report", tmp_path / "parity.json").stdout == md  # re-rendered from the JSON
 
@@ -98,7 +100,15 @@ def test_a_perturbed_fp32_graph_fails_parity(nano_run, export_dir, synth_root, t
     row = next(r for r in report["rows"] if r["form"] == "onnxruntime fp32")
     assert not report["passed"] and row["status"] == "FAIL" and row["disagreements"]
     assert "onnxruntime fp32:" in result.stderr and "eager" in result.stderr
-    assert "| onnxruntime fp32 | FAIL |" in (bad / "parity.md").read_text()
+    md = (bad / "parity.md").read_text()
+    assert "| onnxruntime fp32 | FAIL |" in md
+
+
+def _differs(line: str) -> bool:
+    """A disagreement line `NAME: eager '12', exported '1'; ...` with two different numbers."""
+    eager = line.split("eager ")[1].split(",")[0]
+    exported = line.split("exported ")[1].split(";")[0]
+    return eager != exported
 
 
 def test_fp16_fails_only_below_99_percent_agreement(nano_run, export_dir, synth_root, tmp_path):
@@ -108,6 +118,18 @@ def test_fp16_fails_only_below_99_percent_agreement(nano_run, export_dir, synth_
     row = next(r for r in report["rows"] if r["form"] == "onnxruntime fp16")
     assert row["same_as_pytorch"] < 0.99 and row["status"] == "FAIL"
     assert result.exit_code == 1
+    md = (bad / "parity.md").read_text()
+    # a picture for each image read as another number, linked from parity.md
+    differ = [line.split(":")[0] for line in row["disagreements"] if _differs(line)]
+    assert differ and sorted(row["pictures"]) == sorted(
+        f"parity/onnxruntime-fp16/{name}" for name in differ
+    )
+    for rel in row["pictures"]:
+        assert f"]({rel})" in md
+        picture = Image.open(bad / rel)
+        half = picture.width // 2
+        left, right = np.asarray(picture)[:, : half - 4], np.asarray(picture)[:, half + 4 :]
+        assert left.shape[1] > 0 and not np.array_equal(left, right[:, : left.shape[1]])
 
 
 def test_latency_reports_every_row_against_the_eager_baseline(export_dir, synth_root, tmp_path):
@@ -136,7 +158,6 @@ def test_latency_reports_every_row_against_the_eager_baseline(export_dir, synth_
             assert 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["iters"] >= 2
             assert s["per_image_p50_ms"] == pytest.approx(s["p50_ms"] / r["batch"])
             assert s["vs_eager"] > 0
-        assert r["end_to_end"]["p50_ms"] >= 0.5 * r["model"]["p50_ms"]
     assert all(r["end_to_end"]["vs_eager"] == 1.0 for r in ok if r["form"] == "PyTorch eager")
     assert report["floor"]["gmacs"] > 0 and report["floor"]["matmul_gflops"] > 1
     assert {"cpu", "cores", "versions"} <= set(report["machine"])
@@ -156,7 +177,7 @@ def test_usage_errors_exit_2(export_dir, tmp_path):
 def test_report_refuses_other_json(tmp_path):
     (tmp_path / "other.json").write_text('{"rows": []}')
     result = _bench("report", tmp_path / "other.json")
-    assert result.exit_code == 2 and "not a digit-bench parity.json" in result.stderr
+    assert result.exit_code == 2 and "not a digit-bench result" in result.stderr
 
 
 def test_read_speed_times_the_reader(export_dir, synth_root):

@@ -93,3 +93,32 @@ def test_digit_read_draws_every_good_image_and_none_for_a_bad_one(export_dir, sy
     assert min(sames) > 0.7  # the image itself, enlarged, under a few boxes and labels
     assert min(sames) < 1.0  # and some boxes on it
     assert Image.open(sheet).size == draw.contact_sheet([Image.new("RGB", (9, 9))] * 5).size
+
+
+def test_every_path_draws_through_the_shared_output(tmp_path):
+    """Local, Triton and Ray results all reach ResultWriter; it draws whatever carries number,
+    boxes, scores and digits (here: a result as --ray's driver gets it, plain lists)."""
+    import io
+    from types import SimpleNamespace
+
+    from digit_reader.runtime.output import ResultWriter
+
+    image = tmp_path / "5.png"
+    Image.fromarray(np.full((40, 100, 3), GREY, np.uint8)).save(image)
+    as_from_ray = SimpleNamespace(
+        number="7", boxes=[[10.0, 12.0, 30.0, 36.0]], scores=[0.9], digits=[7]
+    )
+    writer = ResultWriter(
+        io.StringIO(), drawer=draw.Drawer(tmp_path / "drawn"), threshold=0.5, on_error=print
+    )
+    writer.add(image, as_from_ray)
+    assert writer.finish(0.1) == 0
+    drawing = Image.open(tmp_path / "drawn" / "5.png").convert("RGB")
+    assert np.array_equal(
+        np.asarray(drawing),
+        np.asarray(
+            draw.draw_prediction(
+                np.asarray(Image.open(image)), _pred(as_from_ray.boxes, [0.9], [7])
+            )
+        ),
+    )

@@ -1,6 +1,7 @@
 """digit-export on a real (half-trained) nano model: graph fidelity, TensorRT rules, fp16, card."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -93,7 +94,7 @@ def test_export_refuses_a_graph_that_breaks_a_tensorrt_rule(nano_run, tmp_path, 
     with pytest.raises(exporter.ExportFailed, match="breaks TensorRT's import rules") as e:
         exporter.run(exporter.ExportOptions(nano_run, out=out, parity_images=4))
     assert "model.onnx breaks" in str(e.value) and "TensorRT needs K < 2" in str(e.value)
-    assert list(out.iterdir()) == []  # nothing written
+    assert not out.exists()  # nothing written, not even the directory
 
 
 def _model(nodes, inputs, outputs, initializers=()):
@@ -233,3 +234,38 @@ def test_engine_flag_makes_the_engine_mandatory_and_fails_fast(nano_run, tmp_pat
         result.stderr
     )
     assert not list(tmp_path.iterdir())  # failed before writing anything
+
+
+def test_a_failed_gate_draws_the_failing_images_outside_the_export(
+    export_dir, canv, eager, images, tmp_path
+):
+    """The gate's failure message names a folder holding eager-vs-form pictures of exactly the
+    failing images; nothing is written into the export directory."""
+    from PIL import Image
+
+    class Perturbed:
+        """ORT on the graph, with every second image's boxes shifted by 3 px."""
+
+        def __init__(self):
+            self.ort, self.seen = OrtBackend(export_dir / "model.onnx", "cpu"), 0
+
+        def __call__(self, batch):
+            out = self.ort(batch)
+            for i in range(len(batch)):
+                if (self.seen + i) % 2 == 0:
+                    out["boxes"][i] += 3.0
+            self.seen += len(batch)
+            return out
+
+    names = [p.name for p in images]
+    opts = exporter.ExportOptions(export_dir.parent, out=tmp_path / "never")
+    gate = exporter.Gate(names, canv, eager, 0.05, opts)
+    with pytest.raises(exporter.ExportFailed) as e:
+        gate.check("onnxruntime fp32", Perturbed())
+    last = str(e.value).splitlines()[-1]
+    assert last.startswith("pictures (eager left, onnxruntime fp32 right): ")
+    where = Path(last.split(": ", 1)[1])
+    shifted = {names[i] for i in range(len(names)) if i % 2 == 0 and len(eager[i].scores)}
+    assert {p.name for p in where.iterdir()} == shifted
+    assert Image.open(where / sorted(shifted)[0]).width > 2 * canv.shape[3]
+    assert not (tmp_path / "never").exists()

@@ -248,8 +248,9 @@ def test_a_bad_calibration_fails_the_gate_names_the_images_and_writes_nothing(
     result = CliRunner().invoke(main, [str(nano_run), "-o", str(out), "--int8", *bad])
     assert result.exit_code == 1
     error = result.stderr[result.stderr.index("error: ") :]
-    head, *lines = error.splitlines()
+    head, *lines, pictures = error.splitlines()
     assert "onnxruntime int8 reads" in head and "below 98 % (--int8-min-agreement)" in head
+    assert pictures.startswith("pictures (eager left, onnxruntime int8 right): ")
     named = [line.strip().split(":")[0] for line in lines]
     valid = [s.path.name for s in load_split(samples.data_root_of(nano_run / "best.pt"), "valid")]
     assert named and set(named) <= set(valid) and len(named) == len(set(named))

@@ -149,21 +149,23 @@ def test_wheel_installs_one_top_level_name(tmp_path):
 
 
 def test_runtime_imports_and_reads_an_image_without_torch(tmp_path):
+    """Every runtime module imports with no extra: torch, ray and pyarrow unimportable."""
     image = tmp_path / "7.png"
     Image.fromarray(np.full((12, 20, 3), (200, 10, 30), np.uint8)).save(image)
     code = f"""
 import importlib, pkgutil, sys
-for name in ("torch", "torchvision", "digit_reader.train", "digit_reader.export"):
+blocked = ("torch", "torchvision", "ray", "pyarrow", "tritonclient")
+blocked += ("digit_reader.train", "digit_reader.export")
+for name in blocked:
     sys.modules[name] = None  # any `import torch` now raises ImportError
 import digit_reader.runtime as runtime
 mods = [m.name for m in pkgutil.iter_modules(runtime.__path__, "digit_reader.runtime.")]
 for m in mods:
-    if m.rsplit(".", 1)[1] not in runtime.OPTIONAL_BACKENDS:
-        importlib.import_module(m)
+    importlib.import_module(m)
 from digit_reader.runtime.preprocess import load_canvas
 chw, scale, wh = load_canvas({str(image)!r}, (24, 24))
 print(len(mods), chw.shape, chw[:, 0, 0].tolist(), scale, wh)
-loaded = [m for m, mod in sys.modules.items() if mod and m.split(".")[0] == "torch"]
+loaded = [m for m, mod in sys.modules.items() if mod and m.split(".")[0] in blocked]
 loaded += [m for m, mod in sys.modules.items() if mod and m.startswith("digit_reader.train")]
 assert not loaded, loaded
 """
@@ -172,7 +174,7 @@ assert not loaded, loaded
     )
     assert result.returncode == 0, result.stderr
     n_modules, rest = result.stdout.split(" ", 1)
-    assert int(n_modules) >= 5  # preprocess, decode, submission, reader, cli, ...
+    assert int(n_modules) >= 6  # preprocess, decode, submission, reader, cli, ray_read, ...
     assert rest.strip() == "(3, 24, 24) [200, 10, 30] 1.2 (20, 12)"
 
 
@@ -226,7 +228,8 @@ from digit_reader.{module} import main
 for command in [None, *getattr(main, "commands", {{}})]:  # a group: every subcommand too
     result = CliRunner().invoke(main, [command, "--help"] if command else ["--help"])
     assert result.exit_code == 0, result.output
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "onnx"))
+heavy = ("torch", "torchvision", "onnx", "ray", "pyarrow", "tritonclient")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
 print(heavy[:5])
 """
     result = subprocess.run(

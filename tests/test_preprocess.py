@@ -11,6 +11,7 @@ from digit_reader.runtime.preprocess import (
     letterbox,
     load_canvas,
     open_rgb,
+    read_encoded,
 )
 
 
@@ -184,3 +185,38 @@ def test_arrays_are_inputs_too():
     for bad in (np.zeros((3, 4), np.float32), np.zeros((3, 4, 2), np.uint8), np.zeros(5, np.uint8)):
         with pytest.raises(ImageError, match="arrays must be uint8"):
             open_rgb(bad)
+
+
+def test_bytes_read_elsewhere_follow_the_same_contract_as_the_file(tmp_path):
+    """read_encoded + open_rgb(EncodedImage) (digit-read --ray's read stage, then its actors)
+    give the file's pixels, or the file's own error message, for every kind of input."""
+    noise = np.random.default_rng(2).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "good.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(noise).save(tmp_path / "rotated.jpg", exif=exif)
+    Image.fromarray(noise).save(tmp_path / "full.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "full.png").read_bytes()[:300])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image\n")
+    Image.new("1", (8000, 5001)).save(tmp_path / "bomb.png")
+    (tmp_path / "dir.png").mkdir()
+    names = ["good.png", "rotated.jpg", "truncated.png", "empty.png", "text.png", "bomb.png"]
+    outcomes = set()
+    for name in [*names, "dir.png", "missing.png"]:
+        path = tmp_path / name
+        try:
+            want = open_rgb(path)
+        except ImageError as e:
+            want = str(e)
+        try:
+            got = open_rgb(read_encoded(path))
+        except ImageError as e:
+            got = str(e)
+        if isinstance(want, str):
+            assert got == want, name
+            outcomes.add(want.split(": ", 1)[1].split(" (")[0])
+        else:
+            np.testing.assert_array_equal(got, want)
+    assert outcomes >= {"empty file", "no such file", "is a directory, not an image"}
+    assert open_rgb(read_encoded(tmp_path / "rotated.jpg")).shape == (40, 30, 3)

@@ -55,3 +55,36 @@ def test_torchrun_two_gloo_processes(tmp_path):
     )
     assert m["accuracy"] == pytest.approx(state["metrics"]["accuracy"])
     assert m["map"] == pytest.approx(state["metrics"]["map"], abs=1e-6)
+
+
+def test_ctrl_c_under_torchrun_stops_every_rank_at_one_step_and_saves(tmp_path):
+    """A terminal's Ctrl-C reaches torchrun's agent, which forwards SIGINT to each rank's
+    process group (the rank and its DataLoader worker); the ranks agree on a step, rank 0
+    writes last.pt there, and --resume continues from it."""
+    import signal
+    import time
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    synthesize(data, {"train": 64, "valid": 6}, seed=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "digit_reader.train", "--data", str(data), "--out", str(run)]
+    cmd += ["--preset", "nano", "--device", "cpu", "--epochs", "3", "--quiet", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    log = run / "metrics.jsonl"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's foreground group: the agent
+    _, err = proc.communicate(timeout=300)
+    err = err.decode()
+    assert "continue with: digit-train --resume" in err, err[-3000:]
+    assert err.count("stopping after this step") == 2  # the two ranks, not their workers
+    stopped = checkpoint.load_checkpoint(run / "last.pt")
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert stopped["step"] == steps[-1] and 2 <= stopped["step"] < 12  # 4 steps per epoch
+    assert stopped["world_size"] == 2

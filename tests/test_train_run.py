@@ -82,29 +82,26 @@ def test_short_run_lowers_loss_and_writes_every_output(straight, data):
 
 
 def test_ctrl_c_saves_last_and_resume_continues_exactly(straight, data, tmp_path):
+    """Ctrl-C as a terminal sends it, to the whole process group: the trainer and its two
+    DataLoader workers, which must leave the clean stop to the trainer."""
     ref, _ = straight
     run = tmp_path / "interrupted"
-    cmd = [
-        sys.executable,
-        "-m",
-        "digit_reader.train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        *ARGS,
-    ]
+    cmd = [sys.executable, "-m", "digit_reader.train", "--data", str(data), "--out", str(run)]
+    cmd += [*ARGS, "--workers", "2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         log = run / "metrics.jsonl"
         if log.is_file() and len(log.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # the process group, workers included
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
+    assert err.decode().count("stopping after this step") == 1  # the trainer, not its workers
     assert "continue with: digit-train --resume" in err.decode()
     stopped = checkpoint.load_checkpoint(run / "last.pt")
     assert 2 <= stopped["step"] < 10
@@ -125,6 +122,23 @@ def test_ctrl_c_saves_last_and_resume_continues_exactly(straight, data, tmp_path
     assert [r["accuracy"] for r in _records(run, "epoch")] == [
         r["accuracy"] for r in _records(ref, "epoch")
     ]
+
+
+def test_resume_with_another_world_size_is_refused(straight, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight[0], run)
+    state = checkpoint.load_checkpoint(run / "last.pt")
+    assert state["world_size"] == 1
+    state["world_size"] = 2  # as if trained under torchrun --nproc_per_node=2
+    state.pop("format")
+    checkpoint.save_checkpoint(run / "last.pt", state)
+    result = CliRunner().invoke(main, ["--resume", str(run), "--epochs", "3", "--quiet"])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1
+    assert "trained with 2 process(es), this resume has 1" in result.stderr
+    assert "--nproc_per_node=2" in result.stderr
 
 
 def test_resume_refuses_changed_settings(straight):

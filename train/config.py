@@ -80,11 +80,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"model config: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d, "model config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,11 +143,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"train config: unknown field(s) {', '.join(unknown)}")
-        cfg = cls(**d)
+        cfg = _from_dict(cls, d, "train config")
         cfg.zoom = tuple(float(v) for v in cfg.zoom)
         return cfg
 
@@ -168,3 +160,12 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.t0 is not None and self.t0 < 1:
             raise UserError(f"t0 must be a positive step count, got {self.t0}")
+
+
+def _from_dict(cls, d: dict, what: str):
+    """A config from its config.json form; a field this version does not know is an error
+    (a run made by another version), not silently dropped."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UserError(f"{what}: unknown field(s) {', '.join(unknown)}")
+    return cls(**d)

@@ -9,6 +9,7 @@ draws exactly what an uninterrupted single-process run would.
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import torch
@@ -59,6 +60,24 @@ class DigitDataset(Dataset):
 def collate(batch):
     images, targets, metas = zip(*batch, strict=True)
     return torch.stack(images), list(targets), list(metas)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C is the main process's to handle (engine.StopFlag).
+    A module-level function, so spawn-started workers can pickle it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def loader_options(workers: int | None, device: torch.device) -> dict:
+    """DataLoader settings shared by training and evaluation: worker processes (default 4 on
+    CUDA, none on the CPU, where they would compete with the model for the cores), pinned
+    memory on CUDA for asynchronous copies, and workers that leave Ctrl-C to the trainer."""
+    cuda = device.type == "cuda"
+    n = workers if workers is not None else (4 if cuda else 0)
+    options = {"num_workers": n, "pin_memory": cuda}
+    if n:
+        options["worker_init_fn"] = ignore_sigint
+    return options
 
 
 def to_model_input(images: torch.Tensor, device) -> list[torch.Tensor]:

@@ -35,16 +35,19 @@ def init(device: str) -> DistInfo:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):
+            # bound to its GPU from the start: NCCL's barrier() needs no guess of the device
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
     return DistInfo(rank=rank, world=world, local_rank=local_rank)
 
 
 def device_for(device: str, info: DistInfo) -> torch.device:
-    """Each process on its own GPU under torchrun; `cuda` alone means cuda:LOCAL_RANK."""
-    if device == "cuda" and info.enabled:
+    """Each process on its own GPU under torchrun: `cuda` and `cuda:N` both mean
+    cuda:LOCAL_RANK there (one N for every rank would put them all on one GPU)."""
+    if device.startswith("cuda") and info.enabled:
         return torch.device("cuda", info.local_rank)
     return torch.device(device)
 

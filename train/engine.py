@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,13 @@ from digit_reader.runtime.errors import UserError
 from digit_reader.train import checkpoint, distributed, plots, presets
 from digit_reader.train.config import ModelConfig, TrainConfig
 from digit_reader.train.data.hw2 import LoadReport, Sample, load_split
-from digit_reader.train.dataset import DigitDataset, collate, epoch_batches, to_model_input
+from digit_reader.train.dataset import (
+    DigitDataset,
+    collate,
+    epoch_batches,
+    loader_options,
+    to_model_input,
+)
 from digit_reader.train.evaluate import metrics, predict
 from digit_reader.train.model import build_model
 
@@ -130,13 +137,22 @@ class MetricsLog:
 
 
 class StopFlag:
-    """First Ctrl-C: stop cleanly after the current step (last.pt saved there). Second: abort."""
+    """First Ctrl-C (or SIGTERM, as job schedulers send): stop cleanly after the current step,
+    last.pt saved there. Second: abort.
+
+    DataLoader workers ignore SIGINT (dataset.ignore_sigint): a terminal's Ctrl-C reaches the
+    whole process group, and a worker killed by it would end the run before the clean stop.
+    Under torchrun, its agent forwards one SIGINT to every rank; the ranks agree on the step
+    to stop at (train_step) and rank 0 saves, well within torchrun's 30 s shutdown timeout.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -145,9 +161,9 @@ class StopFlag:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
+        self._previous = {}
 
 
 @dataclass
@@ -244,7 +260,7 @@ def fit(run: Run, resume: bool) -> dict:
     torch.manual_seed(tcfg.seed)
     train_s, valid_s = _load_splits(Path(spec.data_root), spec.limit_train, info.main)
     t = _setup(spec, len(train_s), info, device)
-    pos = _restore(t, run.last, device) if resume else Position()
+    pos = _restore(t, run.last, info, device) if resume else Position()
     if info.main:
         run.log = _open_run_dir(spec, resume, pos.step)
     if info.enabled:
@@ -322,15 +338,43 @@ def _setup(spec: RunSpec, n_train: int, info, device: torch.device) -> Training:
     )
 
 
-def _restore(t: Training, last: Path, device: torch.device) -> Position:
+def _restore(t: Training, last: Path, info, device: torch.device) -> Position:
     """Load last.pt into the training objects and the RNG; returns where it stopped."""
     state = checkpoint.load_checkpoint(last)
+    check_world_size(state.get("world_size"), info.world, last)
     t.model.load_state_dict(state["model"])
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
-    t.scaler.load_state_dict(state["scaler"])
+    note = restore_scaler(t.scaler, state["scaler"])
+    if note and info.main:
+        print(f"note: {note}", file=sys.stderr)
     _set_rng_state(state["rng"], device)
     return Position(state["step"], state["epoch"], state["batch_in_epoch"], state.get("best"))
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> str | None:
+    """Load the AMP scaler's state; a checkpoint from a run without AMP (a CPU run, or
+    --no-amp) has none, and then the scaler starts fresh, as on a new run (returns a note)."""
+    if saved or not scaler.is_enabled():
+        scaler.load_state_dict(saved)  # a disabled scaler ignores what it is given
+        return None
+    return (
+        "the checkpoint was saved without AMP (a CPU or --no-amp run): AMP starts now with a "
+        "fresh gradient scaler"
+    )
+
+
+def check_world_size(saved: int | None, now: int, last: Path) -> None:
+    """Refuse a resume with another number of processes: the per-rank batch order and the
+    steps per epoch (so the LR schedule) depend on it."""
+    if saved is not None and saved != now:
+        raise UserError(
+            f"{last}: this run was trained with {saved} process(es), this resume has {now}; "
+            f"resume with the same number (torchrun --nproc_per_node={saved}"
+            + (", or without torchrun" if saved == 1 else "")
+            + ")",
+            code=2,
+        )
 
 
 def _open_run_dir(spec: RunSpec, resume: bool, step: int) -> MetricsLog:
@@ -359,15 +403,14 @@ def _epoch_loader(dataset: DigitDataset, run: Run, pos: Position) -> DataLoader:
     batches = epoch_batches(
         len(dataset), tcfg.batch_size, pos.epoch, tcfg.seed, info.rank, info.world
     )
-    workers = tcfg.workers if tcfg.workers is not None else (4 if run.device.type == "cuda" else 0)
     # its own generator: a DataLoader draws a base seed at every iter(), and drawing
     # it from the global RNG would make a resumed run's RPN/RoI sampling diverge
     return DataLoader(
         dataset,
         batch_sampler=batches[pos.skip :],
         collate_fn=collate,
-        num_workers=workers,
         generator=torch.Generator().manual_seed(tcfg.seed + pos.epoch),
+        **loader_options(tcfg.workers, run.device),
     )
 
 
@@ -433,17 +476,31 @@ def train_step(run: Run, t: Training, pos: Position, images, targets):
     total = sum(parts.values())
     if not math.isfinite(total):
         raise _diverged(total, parts, pos, run.last)
+    lr = optimizer_step(t, loss, tcfg.grad_clip)
+    pos.step += 1
+    return parts, total, lr, stop_now
+
+
+def optimizer_step(t: Training, loss: torch.Tensor, grad_clip: float | None) -> float:
+    """Backward, (clip,) AMP-scaled optimiser step, then the LR schedule; returns the LR used.
+
+    The schedule is indexed by iteration, so it advances even when the AMP scaler skips an
+    optimiser step (inf/NaN gradients while it calibrates its scale); torch then warns that
+    the scheduler stepped before the optimiser, which here is the intent, so that warning is
+    silenced for this call only.
+    """
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
-    if tcfg.grad_clip:
+    if grad_clip:
         t.scaler.unscale_(t.optimizer)
-        torch.nn.utils.clip_grad_norm_(t.model.parameters(), tcfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), grad_clip)
     t.scaler.step(t.optimizer)
     t.scaler.update()
     lr = t.optimizer.param_groups[0]["lr"]
-    t.scheduler.step()
-    pos.step += 1
-    return parts, total, lr, stop_now
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        t.scheduler.step()
+    return lr
 
 
 def _diverged(total: float, parts: dict, pos: Position, last: Path) -> TrainingDiverged:
@@ -520,6 +577,7 @@ def checkpoint_state(run: Run, t: Training, pos: Position, batch_in_epoch: int) 
         "epoch": pos.epoch,
         "batch_in_epoch": batch_in_epoch,
         "total_steps": t.total_steps,
+        "world_size": run.info.world,
         "rng": _rng_state(run.device),
         "best": pos.best,
     }

@@ -44,7 +44,7 @@ def predict(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from digit_reader.train.dataset import DigitDataset, collate, to_model_input
+    from digit_reader.train.dataset import DigitDataset, collate, loader_options, to_model_input
 
     info = info or distributed.DistInfo()
     dataset = DigitDataset(samples, canvas, tcfg, train=False)
@@ -53,18 +53,22 @@ def predict(
         shard[i : i + tcfg.eval_batch_size] for i in range(0, len(shard), tcfg.eval_batch_size)
     ]
     loader = DataLoader(
-        dataset, batch_sampler=batches, collate_fn=collate, generator=torch.Generator()
+        dataset,
+        batch_sampler=batches,
+        collate_fn=collate,
+        generator=torch.Generator(),
+        **loader_options(tcfg.workers, device),
     )
     was_training = model.training
     model.eval()
     mine: dict[int, Detections] = {}
-    use_amp = device.type == "cuda" and tcfg.amp
     bar = tqdm(
         loader, desc="eval", leave=False, disable=None if progress else True, file=sys.stderr
     )
     for images, _, metas in bar:
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            outputs = model(to_model_input(images, device))
+        # fp32, even for a model trained with AMP: fp16 box decoding at canvas coordinates up
+        # to 1344 moves in 1-px steps, and what is deployed (and gated) is the fp32 graph
+        outputs = model(to_model_input(images, device))
         for out, meta in zip(outputs, metas, strict=True):
             mine[meta["index"]] = from_model_output(out, meta["scale"], meta["size"])
     model.train(was_training)
