@@ -24,12 +24,12 @@ test: lint
 	$(PY) -m pytest -q -ra --durations=15 || [ $$? -eq 5 ]
 
 # The whole pipeline on the embedded synthetic data, CPU only (about 12 minutes on 2 cores):
-# data -> train (nano) -> export (fp32 + fp16, parity-gated) -> read -> parity and latency.
+# data -> train (nano) -> export (fp32 + fp16 + int8, parity-gated) -> read -> parity and latency.
 demo: install
 	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json $(DEMO)/sheet.png
 	$(VENV)/bin/digit-data synth --out $(DEMO)/data --train 2000 --valid 200 --test 200 --seed 0 --workers 2
 	$(VENV)/bin/digit-train --data $(DEMO)/data --out $(DEMO)/run --preset nano --device cpu
-	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16
+	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8
 	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --json $(DEMO)/pred.json --sheet $(DEMO)/sheet.png > $(DEMO)/pred.csv
 	$(VENV)/bin/digit-bench parity --run $(DEMO)/run --export $(DEMO)/export --data $(DEMO)/data > /dev/null
 	$(VENV)/bin/digit-bench latency --export $(DEMO)/export --data $(DEMO)/data --batch 1,8,32 > /dev/null
@@ -37,7 +37,7 @@ demo: install
 	@echo "artefacts:"
 	@echo "  data set        $(DEMO)/data/{train,valid,test}/ + {train,valid,test}.json"
 	@echo "  training run    $(DEMO)/run/ (best.pt, last.pt, metrics.jsonl, fig1-4 PNGs, pred.csv)"
-	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.json)"
+	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.int8.onnx + its calibration cache, model.json)"
 	@echo "  HW2 submission  $(DEMO)/pred.csv $(DEMO)/pred.json"
 	@echo "  benchmarks      $(DEMO)/export/{parity,latency}.{json,md}, $(DEMO)/export/parity/ (pictures)"
 	@echo "  contact sheet   $(DEMO)/sheet.png (24 test images, drawn: boxes, digits, scores, number)"

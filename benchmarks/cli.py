@@ -1,7 +1,8 @@
 """`digit-bench`: accuracy parity of every exported form against PyTorch, latency of every
-backend, precision and batch size, the reader's, generator's and training loop's speed, and
-Markdown re-rendered from saved results. Tables and JSON on stdout, result files beside the
-export, progress on stderr. Exit 1 when parity fails, 2 on usage errors.
+backend, precision and batch size, where ONNX Runtime's time goes, the reader's, generator's
+and training loop's speed, and Markdown re-rendered from saved results. Tables and JSON on
+stdout, result files beside the export, progress on stderr. Exit 1 when parity fails, 2 on
+usage errors.
 
 Each command imports its benchmark only when it runs, so `--help` needs no torch."""
 
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import click
 
+from digit_reader.export.defaults import FILES
 from digit_reader.runtime.command import Group, positive_ints
 from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
+FORMS = [f"{backend} {precision}" for backend in ("onnxruntime", "TensorRT") for precision in FILES]
 
 
 @click.group(cls=Group)
@@ -62,8 +65,9 @@ def _exit(fn, *args) -> None:
 def parity(run_dir, export_dir, data, split, limit, device, out):
     """Every exported form against PyTorch eager, image by image.
 
-    Exit 1 when an fp32 form disagrees with PyTorch on any image or an fp16 form on more than
-    1 % of them.
+    Exit 1 when an fp32 form disagrees with PyTorch on any image, an fp16 form on more than
+    1 % of them, or an int8 form on more than 2 % (or, with labels, loses more than 1 point
+    of accuracy).
     """
     from digit_reader.benchmarks import parity as bench
 
@@ -84,7 +88,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     "--backend",
     "forms",
     multiple=True,
-    type=click.Choice(["onnxruntime fp32", "onnxruntime fp16", "TensorRT fp32", "TensorRT fp16"]),
+    type=click.Choice(FORMS),
     help="Only these forms (repeatable) [default: all; PyTorch eager always].",
 )
 @click.option("--batch", "batches", default="1,8,32", show_default=True, callback=positive_ints)
@@ -112,6 +116,40 @@ def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, o
     from digit_reader.benchmarks import latency as bench
 
     _exit(bench.main, export_dir, run_dir, set(forms), batches, iters, seconds, data, device, out)
+
+
+@main.command()
+@click.option(
+    "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
+)
+@click.option(
+    "--backend",
+    "forms",
+    multiple=True,
+    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
+    help="Only these forms (repeatable) [default: every ONNX form of the export].",
+)
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--runs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Profiled runs (after 1 warm-up one).",
+)
+@click.option("--as-is", is_flag=True, help="Also the int8 file as written (no CPU form).")
+@click.option("--data", type=EXISTING_DIR, help="HW2-layout root for images [default: synthetic].")
+@click.option(
+    "--out",
+    type=OUT_DIR,
+    help="Where profile.json / profile.md go [default: the export directory].",
+)
+def profile(export_dir, forms, batch, runs, as_is, data, out):
+    """ONNX Runtime's CPU time by op type per form, and how much of the Conv/Gemm/MatMul work
+    ran in integer kernels (its profiler and optimized graph)."""
+    from digit_reader.benchmarks import profile as bench
+
+    _exit(bench.main, export_dir, set(forms), batch, runs, data, as_is, out)
 
 
 @main.command("read-speed")
@@ -167,14 +205,15 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 @main.command()
 @click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report(result):
-    """The Markdown of a saved result JSON (parity, latency, triton-load; e.g. after a format
-    change)."""
-    from digit_reader.benchmarks import latency, parity, ray_speed, triton_load
+    """The Markdown of a saved result JSON (parity, latency, profile, triton-load, ray-speed;
+    e.g. after a format change)."""
+    from digit_reader.benchmarks import latency, parity, profile, ray_speed, triton_load
 
     data = json.loads(result.read_text(encoding="utf-8"))
     render = {
         "parity": parity.markdown,
         "latency": latency.markdown,
+        "profile": profile.markdown,
         "triton_load": triton_load.markdown,
         "ray_speed": ray_speed.markdown,
     }

@@ -8,6 +8,10 @@ the baseline at the same batch size, and its distance from the floor: the model'
 and matrix-product FLOPs divided by the matmul rate measured on this machine in this process.
 On CUDA the eager model is timed with device synchronisation; ONNX Runtime and TensorRT return
 host arrays, which includes the copy back.
+
+An int8 form is set beside fp32 (its model-call ratio per batch), and for ONNX Runtime's int8
+on the CPU the report says how much of the Conv/Gemm/MatMul work ran in integer kernels
+(benchmarks/ort_profile.py): a fast int8 row could otherwise hide an fp32 fallback.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from digit_reader.benchmarks import ort_profile
 from digit_reader.benchmarks.forms import Form, exported_forms
 from digit_reader.benchmarks.machine import machine, matmul_gflops
 from digit_reader.benchmarks.report import markdown_table, write
@@ -133,13 +138,17 @@ def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, devi
         if forms_wanted and form.name not in forms_wanted:
             continue
         forms.append((form.name, form.precision, form, form.skip))
-    baseline = {}
+    baseline, integer = {}, {}
     for name, precision, backend, skip in forms:
         if skip:
             rows.append({"form": name, "precision": precision, "status": f"skipped: {skip}"})
             _log(f"latency: {name} skipped: {skip}")
             continue
         if isinstance(backend, Form):
+            if name == "onnxruntime int8" and device == "cpu":
+                _log(f"latency: {name}: integer kernels (ONNX Runtime's profiler, batch 1)")
+                canvas = prepare(paths[0], card.canvas, card.sharpen).canvas[None]
+                integer[name] = ort_profile.profile(backend.path, "int8", canvas, runs=1)
             backend = open_backend(backend.path, card.files[backend.path.name], device)
         for batch in batches:
             limit = getattr(backend, "max_batch", None)
@@ -166,6 +175,7 @@ def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, devi
         "batches": batches,
         "floor": floor,
         "rows": rows,
+        "integer": integer,
         "machine": machine() | {"torch_threads": torch.get_num_threads()},
     }
 
@@ -220,7 +230,25 @@ def markdown(result: dict) -> str:
             f" Floor: {f['gmacs']:.2f} GMAC per image at {f['matmul_gflops']:.0f} GFLOP/s "
             f"(torch matmul here) = {f['ms_per_image']:.2f} ms per image."
         )
-    return head + "\n\n" + markdown_table(HEADERS, table)
+    notes = [ort_profile.integer_line(form, p) for form, p in result.get("integer", {}).items()]
+    notes += int8_ratios(result["rows"])
+    return head + "\n\n" + markdown_table(HEADERS, table) + "".join(f"\n\n{n}" for n in notes)
+
+
+def int8_ratios(rows: list[dict]) -> list[str]:
+    """One line per backend with an int8 row: its model call over fp32's, batch by batch."""
+    p50 = {(r["form"], r["batch"]): r["model"]["p50_ms"] for r in rows if r["status"] == "ok"}
+    lines = []
+    for backend in ("onnxruntime", "TensorRT"):
+        pairs = [
+            (batch, ms / p50[(f"{backend} fp32", batch)])
+            for (form, batch), ms in p50.items()
+            if form == f"{backend} int8" and (f"{backend} fp32", batch) in p50
+        ]
+        if pairs:
+            shown = ", ".join(f"batch {b} {ratio:.2f}x" for b, ratio in pairs)
+            lines.append(f"{backend} int8 model call / fp32 (p50): {shown}.")
+    return lines
 
 
 def main(export_dir, run_dir, forms, batches, iters, seconds, data, device, out) -> int:

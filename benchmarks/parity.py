@@ -8,7 +8,8 @@ deviations (export.parity's matching). A split without labels (HW2's test/ has n
 gives the agreement and deviations only: accuracy and mAP are None ("n/a"). The gate follows
 MMDeploy's regression idea but per image: an fp32 form must agree with PyTorch on every image
 (numbers identical, boxes within 0.5 px, scores within 1e-3); an fp16 form on at least 99 % of
-the numbers.
+the numbers; an int8 form on at least 98 %, and (with labels) its accuracy at most 1 point
+below PyTorch's. An int8 graph runs as the reader runs it: on the CPU, in its CPU form.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from digit_reader.benchmarks.forms import exported_forms
 from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.export import parity
-from digit_reader.export.defaults import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.export.defaults import (
+    BOX_TOL_PX,
+    FP16_MIN_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    INT8_MIN_AGREEMENT,
+    SCORE_TOL,
+)
 from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
@@ -103,11 +110,14 @@ def run(
         dets = [p.detections for p in reader.read([s.path for s in samples])]
         result = parity.measure(ref, dets, names)
         passed, bad = result.verdict(form.precision, cfg.box_score_thresh)
+        scored = scores(dets)
+        if form.precision == "int8" and labelled:
+            passed &= scored["accuracy"] >= rows[0]["accuracy"] - INT8_MAX_ACCURACY_DROP - 1e-9
         drawn = _pictures(pictures, form.name, samples, ref, dets, reader.threshold)
         rows.append(
             row
             | {"status": "pass" if passed else "FAIL"}
-            | scores(dets)
+            | scored
             | {
                 "same_as_pytorch": result.agreement,
                 "box_dev_max": result.max_box_dev,
@@ -132,6 +142,8 @@ def run(
             "fp32": f"numbers identical on every image, boxes within {BOX_TOL_PX} px, scores "
             f"within {SCORE_TOL}",
             "fp16": f"numbers identical on at least {100 * FP16_MIN_AGREEMENT:.0f} % of images",
+            "int8": f"numbers identical on at least {100 * INT8_MIN_AGREEMENT:.0f} % of images, "
+            f"accuracy at most {100 * INT8_MAX_ACCURACY_DROP:g} point(s) below PyTorch's",
         },
         "rows": rows,
         "passed": passed,

@@ -1,4 +1,5 @@
-"""`digit-export RUN [--fp16]`: ONNX graph(s), TensorRT engine(s) and model.json, parity-gated.
+"""`digit-export RUN [--fp16] [--int8]`: ONNX graph(s), TensorRT engine(s) and model.json,
+parity-gated.
 
 Exit codes: 0 exported (an engine skipped for want of TensorRT/GPU is said on stderr), 1 the
 graph failed a TensorRT rule or the parity gate (nothing written) or --engine could not be
@@ -12,7 +13,18 @@ from pathlib import Path
 
 import click
 
-from digit_reader.export.defaults import FP16_MIN_AGREEMENT, OPSET, PARITY_IMAGES, WORKSPACE_GIB
+from digit_reader.export.defaults import (
+    CALIB_IMAGES,
+    CALIB_METHOD,
+    CALIB_PERCENTILE,
+    FP16_MIN_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    INT8_MIN_AGREEMENT,
+    INT8_PARITY_IMAGES,
+    OPSET,
+    PARITY_IMAGES,
+    WORKSPACE_GIB,
+)
 from digit_reader.export.tensorrt_engine import BatchProfile
 from digit_reader.runtime.command import Command
 from digit_reader.runtime.errors import UserError
@@ -25,6 +37,12 @@ from digit_reader.runtime.modelcard import CARD_NAME
     "--out", "-o", type=click.Path(path_type=Path), help="Output directory [default: RUN/export]."
 )
 @click.option("--fp16", is_flag=True, help="Also write model.fp16.onnx (and its engine).")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write model.int8.onnx (explicitly quantized: Q/DQ), its calibration cache "
+    "model.int8.calib.json, and its engine.",
+)
 @click.option("--engine", is_flag=True, help="Fail unless the TensorRT engine(s) get built.")
 @click.option("--min-batch", default=BatchProfile.min, show_default=True, type=click.IntRange(1))
 @click.option("--opt-batch", default=BatchProfile.opt, show_default=True, type=click.IntRange(1))
@@ -56,6 +74,49 @@ from digit_reader.runtime.modelcard import CARD_NAME
     help="Share of images the fp16 forms must read as the eager model does.",
 )
 @click.option(
+    "--calib-images",
+    default=CALIB_IMAGES,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--int8: images (the run's valid split, else synthetic) the ranges are measured on.",
+)
+@click.option(
+    "--calib-method",
+    type=click.Choice(["max", "percentile", "entropy"]),
+    default=CALIB_METHOD,
+    show_default=True,
+    help="--int8: range of each activation: its absolute maximum, or a percentile of it. "
+    "entropy is refused, with the reason.",
+)
+@click.option(
+    "--calib-percentile",
+    default=CALIB_PERCENTILE,
+    show_default=True,
+    type=click.FloatRange(0, 100, min_open=True),
+    help="--int8 --calib-method percentile: the percentile of |activation| kept.",
+)
+@click.option(
+    "--int8-parity-images",
+    default=INT8_PARITY_IMAGES,
+    show_default=True,
+    type=click.IntRange(1),
+    help="--int8: images (with labels) the int8 forms are gated on.",
+)
+@click.option(
+    "--int8-min-agreement",
+    default=INT8_MIN_AGREEMENT,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="--int8: share of those images the int8 forms must read as the eager model does.",
+)
+@click.option(
+    "--int8-max-accuracy-drop",
+    default=INT8_MAX_ACCURACY_DROP,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="--int8: how far (0.01 = 1 point) int8 accuracy may fall below the eager model's.",
+)
+@click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="HW2-layout root for the parity images [default: the run's data, else synthetic].",
@@ -74,20 +135,32 @@ from digit_reader.runtime.modelcard import CARD_NAME
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write a Triton Inference Server model repository here (REPO/digit_reader/...).",
 )
+@click.pass_context
 def main(
-    source, out, fp16, engine, min_batch, opt_batch, max_batch, workspace, triton_repo, **rest
+    ctx,
+    source,
+    out,
+    fp16,
+    int8,
+    engine,
+    min_batch,
+    opt_batch,
+    max_batch,
+    workspace,
+    triton_repo,
+    **rest,
 ):
     """Export a digit-train run (or checkpoint) to ONNX and TensorRT.
 
     Writes model.onnx (uint8 [N, 3, H, W] canvas in; num_dets, boxes, scores, labels out),
-    model.fp16.onnx with --fp16, model.engine / model.fp16.engine where TensorRT and an
-    NVIDIA GPU are present, and model.json, which digit-read needs beside them. With
-    --triton REPO also a Triton model repository of them; SOURCE may then be an export
-    directory, which is not re-exported.
+    model.fp16.onnx with --fp16, model.int8.onnx with --int8, an engine of each where
+    TensorRT and an NVIDIA GPU are present, and model.json, which digit-read needs beside
+    them. With --triton REPO also a Triton model repository of them; SOURCE may then be an
+    export directory, which is not re-exported.
     """
     profile = BatchProfile(min_batch, opt_batch, max_batch)
     if source.is_dir() and (source / CARD_NAME).is_file():
-        if not triton_repo or fp16 or engine or out:
+        if not triton_repo or fp16 or int8 or engine or out:
             raise UserError(
                 f"{source} is an export directory (it has {CARD_NAME}): give only --triton REPO "
                 "(and the batch options) to write a Triton repository from it, or export from "
@@ -98,10 +171,15 @@ def main(
         return
     from digit_reader.export.exporter import ExportOptions, run
 
+    if not int8:
+        given = [p for p in INT8_ONLY if ctx.get_parameter_source(p).name != "DEFAULT"]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --int8")
     opts = ExportOptions(
         source=source,
         out=out,
         fp16=fp16,
+        int8=int8,
         engine=engine,
         profile=profile,
         workspace_gib=workspace,
@@ -124,10 +202,24 @@ def format_triton(export_dir: Path, repo: Path, models: list[str]) -> str:
     return f"triton     {repo} ({', '.join(models)}; from {export_dir}, see {repo}/README.md)"
 
 
+INT8_ONLY = (
+    "calib_images",
+    "calib_method",
+    "calib_percentile",
+    "int8_parity_images",
+    "int8_min_agreement",
+    "int8_max_accuracy_drop",
+)
+
+
 def format_summary(s: dict) -> str:
     took = f"ONNX export {s['onnx_export_s']} s" + (
         f", fp16 conversion {s['fp16_convert_s']} s" if "fp16_convert_s" in s else ""
     )
+    if "int8_quantize_s" in s:
+        c = s["int8_calibration"]
+        how = "from the calibration cache" if c["from_cache"] else f"{c['images']} images"
+        took += f", int8 quantization {s['int8_quantize_s']} s ({c['method']}, {how})"
     lines = [f"export     {s['out']} ({s['seconds']} s in all; {took})"]
     for name, size in s["files"].items():
         lines.append(f"  {name:<20} {size / 1e6:9.2f} MB")

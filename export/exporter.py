@@ -1,8 +1,12 @@
-"""`digit-export`'s steps: checkpoint -> model.onnx (+ model.fp16.onnx) -> parity gate -> engines.
+"""`digit-export`'s steps: checkpoint -> model.onnx (+ model.fp16.onnx, model.int8.onnx) ->
+parity gate -> engines.
 
 Every file is made in a temporary directory inside the output directory and moved into place
 only after its graph passed the TensorRT rules and the parity gate, and model.json is written
-last: a failed export never leaves a model that looks usable.
+last: a failed export never leaves a model that looks usable. The int8 graph has its own gate
+images (more of them: its rule allows a few flips) and a second rule, on accuracy, which needs
+their labels; it is gated twice, as ONNX Runtime's CPU provider runs it (the CPU form) and as
+the file is (TensorRT's semantics).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -20,10 +25,18 @@ import numpy as np
 import onnx
 import torch
 
-from digit_reader.export import fp16, graph_rules, parity
+from digit_reader.export import fp16, graph_rules, int8, parity
 from digit_reader.export.defaults import (
     BOX_TOL_PX,
+    CALIB_CACHE,
+    CALIB_IMAGES,
+    CALIB_METHOD,
+    CALIB_PERCENTILE,
+    FILES,
     FP16_MIN_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    INT8_MIN_AGREEMENT,
+    INT8_PARITY_IMAGES,
     OPSET,
     PARITY_IMAGES,
     SCORE_TOL,
@@ -32,14 +45,13 @@ from digit_reader.export.defaults import (
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, build_engine, why_no_engine
-from digit_reader.runtime.decode import DEFAULT_THRESHOLD
+from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
 from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, INPUT_NAME, ModelCard, sha256_of
+from digit_reader.runtime.preprocess import boxes_from_canvas
 from digit_reader.runtime.trt_backend import probe
 from digit_reader.train import checkpoint, samples
-
-FILES = {"fp32": ("model.onnx", "model.engine"), "fp16": ("model.fp16.onnx", "model.fp16.engine")}
 
 
 class ExportFailed(UserError):
@@ -60,6 +72,23 @@ class ExportOptions:
     data: Path | None = None  # images for the gate; default the run's own data, else synthetic
     device: str = "cpu"  # where the gate runs the eager model and ONNX Runtime
     opset: int = OPSET
+    int8: bool = False
+    calib_images: int = CALIB_IMAGES
+    calib_method: str = CALIB_METHOD
+    calib_percentile: float = CALIB_PERCENTILE
+    int8_parity_images: int = INT8_PARITY_IMAGES
+    int8_min_agreement: float = INT8_MIN_AGREEMENT
+    int8_max_accuracy_drop: float = INT8_MAX_ACCURACY_DROP
+
+    @property
+    def precisions(self) -> list[str]:
+        return ["fp32"] + ["fp16"] * self.fp16 + ["int8"] * self.int8
+
+    def gate_images(self, precision: str) -> int:
+        return self.int8_parity_images if precision == "int8" else self.parity_images
+
+    def min_agreement(self, precision: str) -> float:
+        return self.int8_min_agreement if precision == "int8" else self.fp16_min_agreement
 
 
 def _log(message: str) -> None:
@@ -99,10 +128,14 @@ def _gate(
     precision: str,
     score_floor: float,
     min_agreement: float = FP16_MIN_AGREEMENT,
+    accuracy: tuple[float, float, float] | None = None,
 ) -> None:
+    """Raise ExportFailed naming the failing images unless `result` meets the precision's rule.
+    `accuracy` (int8): (the form's accuracy, the eager model's, the largest drop allowed)."""
     _log(f"parity {name}: {result.summary()}")
     passed, bad = result.verdict(precision, score_floor, min_agreement)
-    if passed:
+    accurate = accuracy is None or accuracy[0] >= accuracy[1] - accuracy[2] - 1e-9
+    if passed and accurate:
         return
     lines = "\n".join("  " + parity.describe(d) for d in bad[:20])
     if precision == "fp32":
@@ -111,10 +144,16 @@ def _gate(
             f"images (rule: same numbers, boxes within {BOX_TOL_PX} px, scores within "
             f"{SCORE_TOL}):\n{lines}"
         )
-    raise ExportFailed(
-        f"{name} reads {100 * result.agreement:.1f} % of the numbers as the eager model does, "
-        f"below {100 * min_agreement:.0f} % (--fp16-min-agreement):\n{lines}"
-    )
+    option = f"--{precision}-min-agreement"
+    head = f"{name} reads {100 * result.agreement:.1f} % of the numbers as the eager model does"
+    head += f", below {100 * min_agreement:g} % ({option})" if not passed else ""
+    if not accurate:
+        got, eager, drop = accuracy
+        head += (
+            f"{',' if passed else ';'} its accuracy {got:.3f} is more than {100 * drop:g} "
+            f"point(s) below the eager model's {eager:.3f} (--int8-max-accuracy-drop)"
+        )
+    raise ExportFailed(f"{head}:\n{lines}")
 
 
 def _resolve_device(device: str) -> str:
@@ -135,6 +174,8 @@ def run(opts: ExportOptions) -> dict:
     """
     t_start = time.perf_counter()
     opts.profile.validate()
+    if opts.int8:
+        int8.check_method(opts.calib_method)
     device = _resolve_device(opts.device)
     if device == "cuda":
         parity.fp32_reference()
@@ -151,25 +192,44 @@ def run(opts: ExportOptions) -> dict:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"out": str(out), "checkpoint": str(ckpt), "files": {}, "parity": {}}
-    precisions = ["fp32", "fp16"] if opts.fp16 else ["fp32"]
+    precisions = opts.precisions
     card = _card(cfg, detector.top_k, sharpen, opts.opset, ckpt, found)
     try:
         with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
             tmp = Path(tmp)
-            _graphs(opts, tmp, detector, precisions, summary)
+            n_gate = max(opts.gate_images(p) for p in precisions)
+            n_calib = opts.calib_images if opts.int8 else 0
             root = opts.data or samples.data_root_of(ckpt)
-            paths, origin = samples.sample_paths(root, opts.parity_images, cache_dir=tmp)
-            _log(f"parity gate on {len(paths)} images from {origin}")
-            canvases = samples.canvases(paths, cfg.canvas, sharpen)
+            found_samples, origin, labelled = samples.sample_set(
+                root, max(n_gate, n_calib), cache_dir=tmp
+            )
+            _graphs(opts, tmp, detector, summary)
+            if opts.int8:
+                calib = _calibration(opts, found_samples[:n_calib], origin, cfg.canvas, sharpen)
+                _int8_graph(opts, tmp, out, calib, summary)
+                check_rules(tmp / FILES["int8"][0])
+            gate_samples = found_samples[:n_gate]
+            _log(
+                f"parity gate on {len(gate_samples[: opts.parity_images])} images from {origin}"
+                + (f" (int8: {len(gate_samples)})" if opts.int8 else "")
+            )
+            canvases, scales, sizes = samples.letterboxed(
+                [s.path for s in gate_samples], cfg.canvas, sharpen
+            )
             ref = parity.eager_detections(model.to(device), canvases, device=device)
-            gate = Gate([p.name for p in paths], canvases, ref, cfg.box_score_thresh, opts)
-            from digit_reader.runtime.ort_backend import OrtBackend
-
+            truth = [s.number for s in gate_samples] if labelled else None
+            gate = Gate(
+                [s.path.name for s in gate_samples],
+                canvases,
+                ref,
+                cfg.box_score_thresh,
+                opts,
+                truth,
+                scales,
+                sizes,
+            )
             for precision in precisions:
-                name = FILES[precision][0]
-                result = gate.check(f"onnxruntime {precision}", OrtBackend(tmp / name, device))
-                summary["parity"][f"onnxruntime {precision}"] = result.summary()
-                card.add_file(tmp / name, precision, parity=result.summary())
+                _gate_onnx(gate, tmp, precision, device, card, summary)
             if no_engine:
                 summary["engine"] = f"TensorRT engine skipped: {no_engine}"
             else:
@@ -187,6 +247,35 @@ def run(opts: ExportOptions) -> dict:
         summary["files"][name] = card.files[name]["bytes"]
     summary["seconds"] = round(time.perf_counter() - t_start, 1)
     return summary
+
+
+def _gate_onnx(gate, tmp: Path, precision: str, device: str, card, summary: dict) -> None:
+    """Gate one ONNX graph in ONNX Runtime and enter it in the card. int8 twice: as the reader
+    runs it here (on the CPU: the CPU form) and in the other form (the file as is, TensorRT's
+    semantics; or on CUDA, the CPU form on the CPU)."""
+    from digit_reader.runtime.ort_backend import OrtBackend
+
+    path = tmp / FILES[precision][0]
+    checked = gate.check(f"onnxruntime {precision}", OrtBackend(path, device, precision=precision))
+    summary["parity"][f"onnxruntime {precision}"] = checked.summary()
+    if precision != "int8":
+        card.add_file(path, precision, parity=checked.summary())
+        return
+    other, name = (
+        (OrtBackend(path, "cpu", precision="int8", int8_cpu_form=False), "file as is")
+        if device == "cpu"
+        else (OrtBackend(path, "cpu", precision="int8"), "CPU form")
+    )
+    second = gate.check(f"onnxruntime int8 ({name})", other, "int8")
+    summary["parity"][f"onnxruntime int8 ({name})"] = second.summary()
+    card.add_file(
+        path,
+        "int8",
+        parity=checked.summary(),
+        parity_other_form={"form": name, "parity": second.summary(), **second.figures()},
+        **checked.figures(),
+        calibration=summary["int8_calibration"],
+    )
 
 
 def _card(cfg, top_k: int, sharpen: bool, opset: int, ckpt: Path, found) -> ModelCard:
@@ -207,49 +296,130 @@ def _card(cfg, top_k: int, sharpen: bool, opset: int, ckpt: Path, found) -> Mode
     )
 
 
-def _graphs(opts: ExportOptions, tmp: Path, detector, precisions, summary: dict) -> None:
+def _graphs(opts: ExportOptions, tmp: Path, detector, summary: dict) -> None:
     """model.onnx (+ model.fp16.onnx) in `tmp`, each checked against TensorRT's import rules."""
     t0 = time.perf_counter()
     export_onnx(detector, tmp / FILES["fp32"][0], opts.opset)
     summary["onnx_export_s"] = round(time.perf_counter() - t0, 2)
-    if "fp16" in precisions:
+    if opts.fp16:
         t0 = time.perf_counter()
         fp16.convert_file(tmp / FILES["fp32"][0], tmp / FILES["fp16"][0])
         summary["fp16_convert_s"] = round(time.perf_counter() - t0, 2)
-    for precision in precisions:
+    for precision in ("fp32", "fp16") if opts.fp16 else ("fp32",):
         check_rules(tmp / FILES[precision][0])
+
+
+def _calibration(opts, found: list, origin: str, canvas, sharpen: bool) -> int8.Calibration:
+    paths = [s.path for s in found]
+    _log(f"int8: calibration on {len(paths)} images from {origin} ({opts.calib_method})")
+    return int8.Calibration(
+        samples.canvases(paths, canvas, sharpen),
+        [p.name for p in paths],
+        origin,
+        opts.calib_method,
+        opts.calib_percentile,
+    )
+
+
+def _int8_graph(opts, tmp: Path, out: Path, calib: int8.Calibration, summary: dict) -> None:
+    """model.int8.onnx and its calibration cache in `tmp`, from a copy of model.onnx; a cache
+    left in `out` by an earlier export is reused when it fits. model.onnx must come out
+    byte-identical: a quantizer that writes to its input would corrupt the fp32 export."""
+    src = tmp / FILES["fp32"][0]
+    before = sha256_of(src)
+    info = int8.quantize(
+        src, tmp / FILES["int8"][0], tmp / CALIB_CACHE, calib, tmp / "int8-work", out / CALIB_CACHE
+    )
+    shutil.rmtree(tmp / "int8-work")
+    if sha256_of(src) != before:
+        raise ExportFailed(f"int8 quantization changed {src.name}; nothing was written")
+    summary["int8_quantize_s"] = info["seconds"]
+    summary["int8_calibration"] = {
+        "images": len(calib.names),
+        "method": calib.method,
+        "percentile": calib.percentile if calib.method == "percentile" else None,
+        "origin": calib.origin,
+        "cache": CALIB_CACHE,
+        "from_cache": not info["calibrated"],
+    }
+    where = "from the calibration cache" if not info["calibrated"] else "calibrated"
+    _log(f"int8: {info['nodes']} nodes quantized ({where}) in {info['seconds']} s")
+
+
+@dataclass
+class Checked:
+    """A form's agreement with the eager model on the gate's images, and for int8 its accuracy
+    next to the eager model's (None without labels)."""
+
+    parity: parity.Parity
+    accuracy: float | None = None
+    eager_accuracy: float | None = None
+
+    def figures(self) -> dict:
+        out = {"agreement": self.parity.agreement, "images": len(self.parity.diffs)}
+        if self.accuracy is not None:
+            out |= {"accuracy": self.accuracy, "eager_accuracy": self.eager_accuracy}
+        return out
+
+    def summary(self) -> str:
+        text = self.parity.summary()
+        if self.accuracy is not None:
+            text += f"; accuracy {self.accuracy:.3f} (eager {self.eager_accuracy:.3f})"
+        return text
 
 
 @dataclass
 class Gate:
-    """The parity gate's images, the eager model's detections on them, and the rule's settings."""
+    """The parity gate's images, the eager model's detections on them, and the rule's settings.
+    fp32/fp16 are held to the first `parity_images` of them, int8 to `int8_parity_images`."""
 
     names: list[str]
     canvases: np.ndarray  # uint8 [N, 3, H, W], the preprocessing contract applied
     ref: list  # the eager model's detections on them
     score_floor: float
     opts: ExportOptions
+    truth: list[str] | None = None  # the labelled numbers, when the images have labels
+    scales: list[float] = field(default_factory=list)  # canvas -> image pixels, per image
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
-    def check(self, name: str, backend) -> parity.Parity:
+    def check(self, name: str, backend, precision: str | None = None) -> Checked:
         """Run `backend` on the canvases; raise ExportFailed unless it passes the rule. A
         failure also draws each failing image, eager beside `name`, outside the output
         directory (a failed export writes nothing there), and says where."""
-        precision = name.split()[-1]
-        got = parity.backend_detections(backend, self.canvases)
-        result = parity.measure(self.ref, got, self.names)
+        precision = precision or name.split()[-1]
+        n = self.opts.gate_images(precision)
+        got = parity.backend_detections(backend, self.canvases[:n])
+        result = parity.measure(self.ref[:n], got, self.names[:n])
+        checked = Checked(result)
+        accuracy = None
+        if precision == "int8" and self.truth is not None:
+            checked.accuracy = self.accuracy(got)
+            checked.eager_accuracy = self.accuracy(self.ref[:n])
+            accuracy = (checked.accuracy, checked.eager_accuracy, self.opts.int8_max_accuracy_drop)
+        elif precision == "int8":
+            _log(f"parity {name}: the images have no labels; accuracy not checked")
+        min_agreement = self.opts.min_agreement(precision)
         try:
-            _gate(name, result, precision, self.score_floor, self.opts.fp16_min_agreement)
+            _gate(name, result, precision, self.score_floor, min_agreement, accuracy)
         except ExportFailed as e:
-            _, bad = result.verdict(precision, self.score_floor, self.opts.fp16_min_agreement)
+            _, bad = result.verdict(precision, self.score_floor, min_agreement)
             where = self.pictures(name, {d.name for d in bad}, got)
             raise ExportFailed(f"{e}\npictures (eager left, {name} right): {where}") from None
-        return result
+        return checked
+
+    def accuracy(self, dets: list[Detections]) -> float:
+        """Whole-number accuracy as the reader decodes: boxes back in image pixels."""
+        hits = [
+            Detections(boxes_from_canvas(d.boxes, scale, size), d.scores, d.digits).number() == t
+            for d, scale, size, t in zip(dets, self.scales, self.sizes, self.truth, strict=False)
+        ]
+        return sum(hits) / max(len(hits), 1)
 
     def pictures(self, name: str, failing: set[str], got: list) -> Path:
         where = Path(tempfile.mkdtemp(prefix="digit-export-parity-"))
         items = [
             (n, self.canvases[i].transpose(1, 2, 0), self.ref[i], got[i])
-            for i, n in enumerate(self.names)
+            for i, n in enumerate(self.names[: len(got)])
             if n in failing
         ]
         write_comparisons(where, items, ("PyTorch eager", name), DEFAULT_THRESHOLD)
@@ -260,13 +430,17 @@ def _install(tmp: Path, out: Path, card: ModelCard) -> None:
     """Move the gated files from `tmp` into `out`, drop files of an older export, write the card.
 
     model.json goes first out and last in: between the two, a reader finds no card and refuses.
+    The int8 calibration cache travels with model.int8.onnx.
     """
     (out / CARD_NAME).unlink(missing_ok=True)
+    extras = [CALIB_CACHE] if FILES["int8"][0] in card.files else []
     for names in FILES.values():
         for name in names:
             if name not in card.files:
                 (out / name).unlink(missing_ok=True)
-    for name in card.files:
+    if not extras:
+        (out / CALIB_CACHE).unlink(missing_ok=True)
+    for name in [*card.files, *extras]:
         os.replace(tmp / name, out / name)
     card.save(out / CARD_NAME)
 
@@ -295,10 +469,10 @@ def _engines(opts, tmp: Path, found, precisions, card: ModelCard, gate: Gate, cf
             )
             backend = TensorRTBackend(tmp / engine_name, entry)
             try:
-                result = gate.check(f"TensorRT {precision}", backend)
+                checked = gate.check(f"TensorRT {precision}", backend)
             finally:
                 backend.close()
-            built[engine_name] = (precision, onnx_name, result.summary())
+            built[engine_name] = (precision, onnx_name, checked)
     except Exception as e:  # UserError/ExportFailed, or TensorRT's own RuntimeErrors
         for name in list(built) + [FILES[p][1] for p in precisions]:
             (tmp / name).unlink(missing_ok=True)
@@ -307,6 +481,14 @@ def _engines(opts, tmp: Path, found, precisions, card: ModelCard, gate: Gate, cf
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         return f"TensorRT engine not written: {first}"
     card.engine_batch = {"min": opts.profile.min, "opt": opts.profile.opt, "max": opts.profile.max}
-    for engine_name, (precision, onnx_name, gate_summary) in built.items():
-        card.add_file(tmp / engine_name, precision, source=onnx_name, parity=gate_summary, **entry)
+    for engine_name, (precision, onnx_name, checked) in built.items():
+        figures = checked.figures() if precision == "int8" else {}
+        card.add_file(
+            tmp / engine_name,
+            precision,
+            source=onnx_name,
+            parity=checked.summary(),
+            **figures,
+            **entry,
+        )
     return f"built with TensorRT {found.version} on {found.gpu}"

@@ -18,32 +18,23 @@ the model), hangs when Cast is blocked, and rounds blocked ops' outputs back to 
 
 from __future__ import annotations
 
-import ast
 import logging
 import re
 from pathlib import Path
 
 import onnx
 
+from digit_reader.export import scopes
 from digit_reader.runtime import atomic
 from digit_reader.runtime.errors import UserError
 
 FP16_MODULES = ("backbone", "rpn_head", "box_head", "box_predictor")  # DeployableDetector's
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 MUST_STAY_FP32 = {"TopK", "NonMaxSuppression", "RoiAlign", "Softmax", "Sigmoid", "Exp", "Log"}
 
 
 def fp16_node_names(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that belong to the fp16 modules, by their export scope."""
-    names = []
-    for node in model.graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), None)
-        if scopes is None:
-            continue
-        path = ast.literal_eval(scopes)  # ['', 'backbone', 'body', ..., 'conv2d_3']
-        if len(path) > 2 and path[1] in FP16_MODULES:
-            names.append(node.name)
-    return names
+    return scopes.nodes_in(model, FP16_MODULES)
 
 
 def fp16_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -5,7 +5,10 @@ documented rules instead (onnx-tensorrt docs/operators.md, kept in assets/tensor
 its source, and TensorRT's layer limits): only listed ops, no control flow, TopK with a constant
 K < 3840 that does not exceed its input, at most 5000 candidate boxes per NonMaxSuppression
 problem, RoiAlign with an explicit sampling ratio, uint8 only at the graph's input, and output
-shapes fixed but for the batch axis.
+shapes fixed but for the batch axis. Explicit quantization (the int8 graph's
+QuantizeLinear/DequantizeLinear) is symmetric int8 only: every Q/DQ carries a constant int8
+zero point equal to 0 and a constant positive scale, scalar (per tensor) or 1-D (per channel).
+A uint8 or int32 Q/DQ (ONNX Runtime's defaults for activations and biases) does not import.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from onnx import numpy_helper, shape_inference
 TOPK_MAX_K = 3840  # ITopKLayer: "K input must be less than 3840"
 NMS_MAX_BOXES = 5000  # INMSLayer's default (and maximum) TopK box limit per batch item
 CONTROL_FLOW = {"If", "Loop", "Scan"}
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
 
 
 @cache
@@ -94,6 +98,8 @@ def violations(model: onnx.ModelProto) -> list[str]:
             to = next((a.i for a in node.attribute if a.name == "to"), None)
             if to == onnx.TensorProto.UINT8:
                 found.append(f"{where}: uint8 is allowed only as a graph input or output")
+        elif node.op_type in QDQ:
+            found += _qdq(node, where, consts)
     found += _io_shapes(graph)
     return found
 
@@ -116,6 +122,24 @@ def _topk(node, where: str, consts: dict, shapes: dict) -> list[str]:
         out.append(f"{where}: K = {k} exceeds the {n} elements of its input")
     if not sorted_:
         out.append(f"{where}: TensorRT needs sorted=1")
+    return out
+
+
+def _qdq(node, where: str, consts: dict) -> list[str]:
+    """TensorRT's explicit quantization: symmetric int8, constant positive scales."""
+    out = []
+    scale = consts.get(node.input[1])
+    if scale is None:
+        out.append(f"{where}: the scale is not a constant")
+    elif scale.ndim > 1 or not np.all(scale > 0):
+        out.append(f"{where}: the scale must be positive, a scalar or 1-D")
+    zero = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if zero is None:
+        out.append(f"{where}: no constant zero point (TensorRT needs an int8 zero point of 0)")
+    elif zero.dtype != np.int8:
+        out.append(f"{where}: {zero.dtype} zero point, TensorRT quantizes to int8 only")
+    elif np.any(zero != 0):
+        out.append(f"{where}: zero point not 0 (TensorRT quantizes symmetrically)")
     return out
 
 

@@ -13,11 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from digit_reader.export.defaults import BOX_TOL_PX, FP16_MIN_AGREEMENT, SCORE_TOL
+from digit_reader.export.defaults import (
+    BOX_TOL_PX,
+    FP16_MIN_AGREEMENT,
+    INT8_MIN_AGREEMENT,
+    SCORE_TOL,
+)
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections, split_outputs
 
 MATCH_IOU = 0.5
 MATCH_EMPTY_PX = 0.5  # empty boxes: the same place within this many pixels
+MIN_AGREEMENT = {"fp16": FP16_MIN_AGREEMENT, "int8": INT8_MIN_AGREEMENT}  # fp32: every image
 
 
 def fp32_reference() -> None:
@@ -166,15 +172,17 @@ class Parity:
         return [d for d in self.diffs if bad(d)]
 
     def verdict(
-        self, precision: str, score_floor: float, min_agreement: float = FP16_MIN_AGREEMENT
+        self, precision: str, score_floor: float, min_agreement: float | None = None
     ) -> tuple[bool, list[ImageDiff]]:
         """(passed, the offending images): fp32 must agree on every image (numbers, boxes within
-        BOX_TOL_PX, scores within SCORE_TOL); fp16 on at least `min_agreement` of the numbers."""
+        BOX_TOL_PX, scores within SCORE_TOL); fp16 and int8 on at least `min_agreement` of the
+        numbers (default MIN_AGREEMENT's). int8's accuracy rule needs labels: the caller's."""
         if precision == "fp32":
             bad = self.failures(BOX_TOL_PX, SCORE_TOL, score_floor)
             return not bad, bad
         bad = [d for d in self.diffs if not d.same_number]
-        return self.agreement >= min_agreement, bad
+        floor = MIN_AGREEMENT[precision] if min_agreement is None else min_agreement
+        return self.agreement >= floor, bad
 
     def summary(self) -> str:
         n = len(self.diffs)

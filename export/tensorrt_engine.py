@@ -6,9 +6,11 @@ by call; every decision that can be made without TensorRT (when to skip, which f
 optimisation profile, how parser errors read) is a plain function tested on the CPU.
 
 Precision is carried by the graph: the engine is built as a strongly typed network from
-model.onnx (fp32) or model.fp16.onnx (fp16 convolutions and matrix products). TensorRT 11
-removed BuilderFlag.FP16 and weakly typed networks; TensorRT 10 accepts the same strongly typed
-build, so one code path serves both and BuilderFlag.FP16 is never used.
+model.onnx (fp32), model.fp16.onnx (fp16 convolutions and matrix products) or model.int8.onnx
+(explicit quantization: its QuantizeLinear/DequantizeLinear pairs say which tensors are int8
+and at what scale). TensorRT 11 removed BuilderFlag.FP16/INT8, weakly typed networks and the
+INT8 calibrator API; TensorRT 10 deprecated them and accepts the same strongly typed build, so
+one code path serves all three and no precision flag or calibrator is ever set.
 """
 
 from __future__ import annotations

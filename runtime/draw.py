@@ -64,7 +64,8 @@ def draw_prediction(
 
     def box_at(i: int) -> tuple[float, float, float, float]:
         x1, y1, x2, y2 = (float(v) * k for v in pred.boxes[i])
-        return x1, y1 + banner_h, x2 - 1, y2 + banner_h - 1  # PIL's rectangle includes x2, y2
+        # PIL's rectangle includes x2, y2; a box under a pixel wide is drawn one pixel wide
+        return x1, y1 + banner_h, max(x1, x2 - 1), max(y1, y2 - 1) + banner_h
 
     if draw_all:
         for i in range(len(pred.scores)):

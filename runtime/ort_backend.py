@@ -5,6 +5,11 @@ time, uncached, so a row labelled "onnxruntime" would time TensorRT after minute
 the project's own engines (digit-export --engine) are the TensorRT path. ORT falls back to the
 CPU without an error when CUDA cannot start, so the providers in use are checked after the
 session exists.
+
+An int8 model (model.json says so) is given to the CPU provider in its CPU form
+(runtime/int8_cpu.py, made in memory at load): the file as written is TensorRT's graph, which
+ONNX Runtime's CPU provider runs only about as fast as fp32. The CUDA provider takes the file
+as it is.
 """
 
 from __future__ import annotations
@@ -69,6 +74,29 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _session(ort, path, options, providers, cpu_form: bool):
+    source = str(path)
+    if cpu_form:
+        try:
+            from digit_reader.runtime import int8_cpu
+        except ImportError:
+            raise UserError(
+                f"{path}: an int8 model on the CPU needs the onnx package: "
+                "pip install 'digit-reader[cpu]'",
+                code=2,
+            ) from None
+        try:
+            source = int8_cpu.load_cpu_form(path)
+        except Exception as e:  # onnx's DecodeError and friends for a damaged file
+            raise UserError(f"{path}: cannot read it as an ONNX graph ({e})", code=2) from None
+    # ORT's Python layer prints its provider fallback to stdout, which carries the CSV
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            return ort.InferenceSession(source, options, providers=providers)
+        except Exception as e:  # ORT raises its own exception types for bad files
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({e})", code=2) from None
+
+
 class OrtBackend:
     """One InferenceSession; __call__ maps a uint8 NCHW batch to the four output arrays."""
 
@@ -78,26 +106,35 @@ class OrtBackend:
         device: str = "auto",
         threads: int | None = None,
         log: Callable[[str], None] = _stderr,
+        precision: str | None = None,
+        int8_cpu_form: bool = True,
+        configure: Callable | None = None,
     ):
+        """`precision` is the file's (model.json); with int8 on the CPU provider the session
+        gets the CPU form unless `int8_cpu_form` is False (the file as is, TensorRT's
+        semantics). `configure(options)` may adjust the SessionOptions (profiling)."""
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
+        if configure is not None:
+            configure(options)
         providers = choose_providers(ort.get_available_providers(), device)
-        # ORT's Python layer prints its provider fallback to stdout, which carries the CSV
-        with contextlib.redirect_stdout(sys.stderr):
-            try:
-                self.session = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as e:  # ORT raises its own exception types for bad files
-                raise UserError(f"{path}: ONNX Runtime cannot load it ({e})", code=2) from None
+        rewrite = precision == "int8" and int8_cpu_form
+        self.cpu_form = rewrite and providers == [CPU]
+        self.session = _session(ort, path, options, providers, self.cpu_form)
         self.providers = self.session.get_providers()
         note = provider_note(device, providers, self.providers)
         if note:
             log(note)
+            if rewrite and not self.cpu_form:  # CUDA could not start: the CPU runs it
+                self.cpu_form = True
+                self.session = _session(ort, path, options, [CPU], True)
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
-        self.name = f"onnxruntime ({self.providers[0]})"
+        form = ", int8 CPU form" if self.cpu_form else ""
+        self.name = f"onnxruntime ({self.providers[0]}{form})"
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})

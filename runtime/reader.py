@@ -122,7 +122,7 @@ def open_backend(
     if path.suffix == ".onnx":
         from digit_reader.runtime.ort_backend import OrtBackend
 
-        return OrtBackend(path, device, threads=threads, log=log)
+        return OrtBackend(path, device, threads=threads, log=log, precision=entry.get("precision"))
     raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
 
 

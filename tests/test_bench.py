@@ -2,6 +2,7 @@
 speed benchmarks and re-rendered reports."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,65 @@ def test_synth_speed_prints_one_json_line():
 def test_train_speed_usage_errors_exit_2(tmp_path):
     assert _bench("train-speed").exit_code == 2
     assert _bench("train-speed", "--to-accuracy", "0.5").exit_code == 2
+
+
+def test_parity_lists_the_int8_forms_and_holds_them_to_the_int8_rule(
+    nano_run, int8_export, synth_root, tmp_path
+):
+    args = ("--export", int8_export[0], "--data", synth_root, "--out", tmp_path)
+    result = _bench("parity", "--run", nano_run, *args)
+    report = json.loads((tmp_path / "parity.json").read_text())
+    rows = {r["form"]: r for r in report["rows"]}
+    assert list(rows) == [
+        "PyTorch eager",
+        "onnxruntime fp32",
+        "onnxruntime int8",
+        "TensorRT fp32",
+        "TensorRT int8",
+    ]
+    eager, q = rows["PyTorch eager"], rows["onnxruntime int8"]
+    keeps_rule = q["same_as_pytorch"] >= 0.98 and q["accuracy"] >= eager["accuracy"] - 0.01
+    assert q["status"] == ("pass" if keeps_rule else "FAIL")
+    assert result.exit_code == (0 if keeps_rule else 1)
+    assert rows["TensorRT int8"]["status"].startswith("skipped: ")
+    assert "accuracy at most 1 point(s) below" in report["rules"]["int8"]
+
+
+def test_latency_shows_int8_beside_fp32_and_that_its_integer_kernels_ran(
+    int8_export, synth_root, tmp_path
+):
+    args = ("--batch", "1,2", "--iters", "1", "--data", synth_root, "--out", tmp_path)
+    result = _bench("latency", "--export", int8_export[0], *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "latency.json").read_text())
+    ok = [(r["form"], r["batch"]) for r in report["rows"] if r["status"] == "ok"]
+    assert ("onnxruntime int8", 1) in ok and ("onnxruntime int8", 2) in ok
+    integer = report["integer"]["onnxruntime int8"]["integer"]
+    assert integer["share"] >= 0.95 and integer["kernels"]["QLinearConv"] >= 10
+    md = (tmp_path / "latency.md").read_text()
+    assert re.search(r"onnxruntime int8: (9\d|100)\.\d % of the Conv/Gemm/MatMul work", md)
+    assert "onnxruntime int8 model call / fp32 (p50): batch 1 " in md
+    assert _bench("report", tmp_path / "latency.json").stdout == md
+
+
+def test_profile_says_where_the_time_goes_and_why_the_file_is_rewritten(int8_export, tmp_path):
+    args = ("--runs", "1", "--as-is", "--out", tmp_path)
+    result = _bench("profile", "--export", int8_export[0], *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "profile.json").read_text())
+    profiles = {p["form"]: p for p in report["profiles"]}
+    assert list(profiles) == [
+        "onnxruntime fp32",
+        "onnxruntime int8",
+        "onnxruntime int8 (file as is)",
+    ]
+    share = {form: p["integer"]["share"] for form, p in profiles.items()}
+    assert share["onnxruntime fp32"] == 0 and share["onnxruntime int8"] >= 0.95
+    assert share["onnxruntime int8 (file as is)"] < 0.5
+    ops = {form: {r["op"] for r in p["by_op"]} for form, p in profiles.items()}
+    assert "QLinearConv" in ops["onnxruntime int8"] and "Conv" in ops["onnxruntime fp32"]
+    for p in profiles.values():
+        assert p["total_ms"] == pytest.approx(sum(r["ms"] for r in p["by_op"]))
+    md = (tmp_path / "profile.md").read_text()
+    assert "| QLinearConv |" in md and "| total |" in md
+    assert _bench("report", tmp_path / "profile.json").stdout == md

@@ -38,6 +38,13 @@ def test_kept_box_colour_lies_on_the_box_edges_and_nowhere_else():
     assert (inside == GREY).all()  # the image under the box is untouched
 
 
+def test_a_box_thinner_than_a_pixel_is_drawn_one_pixel_wide():
+    """A kept box can be under a pixel high once brought back from a large canvas."""
+    blank = np.full((100, 100, 3), GREY, np.uint8)
+    out = draw.draw_prediction(blank, _pred([[10, 20.1, 30, 20.4]], [0.9], [4]))
+    assert _colour_mask(out, draw.KEPT).any()
+
+
 def test_draw_all_adds_the_dropped_boxes_faintly():
     blank = np.full((40, 100, 3), GREY, np.uint8)
     pred = _pred([[10, 12, 30, 36], [60, 14, 80, 36]], [0.9, 0.3], [7, 1])

@@ -130,3 +130,70 @@ def test_engines_build_and_read_as_the_eager_model_where_the_rule_decides(
     got = parity.backend_detections(engine, canv)
     flips = [paths[i].name for i in clear if got[i].number() != ref[i].number()]
     assert not flips, flips
+
+
+class OnnxAsEngine:
+    """A stand-in engine that runs the ONNX graph it was "built" from in ONNX Runtime, the int8
+    one as the file is (TensorRT's semantics): the engine step's own logic runs for real."""
+
+    max_batch = 32
+
+    def __init__(self, path, entry):
+        onnx_path = path.parent / path.read_text()
+        precision = "int8" if ".int8." in onnx_path.name else None
+        self.run = OrtBackend(onnx_path, "cpu", precision=precision, int8_cpu_form=False)
+
+    def __call__(self, images):
+        return self.run(images)
+
+    def close(self):
+        pass
+
+
+def _build_from(onnx_path, engine_path, *args, **kwargs):
+    engine_path.write_text(onnx_path.name)
+
+
+def test_int8_engine_is_built_from_the_qdq_graph_and_gated_as_int8(
+    nano_run, int8_args, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
+    monkeypatch.setattr(exporter, "build_engine", _build_from)
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", OnnxAsEngine)
+    out = tmp_path / "export"
+    args = [str(nano_run), "-o", str(out), "--engine", "--parity-images", "8", *int8_args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load(out / "model.json")
+    assert {"model.engine", "model.int8.engine"} <= set(card.files)
+    entry = card.files["model.int8.engine"]
+    assert entry["source"] == "model.int8.onnx" and entry["precision"] == "int8"
+    assert entry["images"] == 24 and 0.8 <= entry["agreement"] <= 1 and "accuracy" in entry
+    assert (out / "model.int8.engine").read_text() == "model.int8.onnx"
+    assert "parity TensorRT int8: " in result.stderr and "; accuracy " in entry["parity"]
+
+
+def test_a_failed_int8_engine_keeps_the_whole_onnx_export(
+    nano_run, int8_args, tmp_path, monkeypatch
+):
+    """Without --engine: every engine goes, every ONNX graph (int8 and its cache too) stays."""
+
+    def wrong_for_int8(path, entry):
+        return WrongEngine(path, entry) if ".int8." in path.name else OnnxAsEngine(path, entry)
+
+    monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
+    monkeypatch.setattr(exporter, "build_engine", _build_from)
+    monkeypatch.setattr(trt_backend, "TensorRTBackend", wrong_for_int8)
+    out = tmp_path / "export"
+    result = CliRunner().invoke(main, [str(nano_run), "-o", str(out), *int8_args])
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load(out / "model.json")
+    assert set(card.files) == {"model.onnx", "model.int8.onnx"}
+    assert card.engine_note.startswith("TensorRT engine not written: TensorRT int8 reads ")
+    assert "% (--int8-min-agreement)" in card.engine_note
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.int8.calib.json",
+        "model.int8.onnx",
+        "model.json",
+        "model.onnx",
+    ]

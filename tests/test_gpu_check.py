@@ -33,6 +33,7 @@ def test_steps_cover_every_gpu_path_and_chain_their_inputs(tmp_path):
     assert any("--resume" in a and "--epochs 3" in a for a in argv)
     assert any("digit-export" in a and "--engine" in a and "--fp16" in a for a in argv)
     assert any("latency" in a and "--device cuda" in a for a in argv)
+    assert any("digit-export" in a and "--engine" in a and "--int8" in a for a in argv)
     for step in steps:  # every dependency is an earlier step
         assert all(n in by_name and steps.index(by_name[n]) < steps.index(step) for n in step.needs)
     assert gpu_check.plan(tmp_path, None, Path("/b"))[0].argv == []  # no tests/ in a wheel
@@ -53,7 +54,7 @@ def test_a_failed_step_skips_what_depends_on_it_and_the_report_says_so(tmp_path)
     assert status["export fp32 + fp16 with engines"] == "skipped"
     assert status["latency of every form"] == "skipped"
     text = gpu_check.report(outcomes, {"gpu": "NVIDIA A10, 550.54, 23028 MiB, 8.6", "torch": "x"})
-    assert "3 of 8 steps passed on NVIDIA A10" in text
+    assert "3 of 10 steps passed on NVIDIA A10" in text
     assert f"| {fail_at} | fail |" in text
     assert "RuntimeError: CUDA out of memory" in text
     assert "needs resume for a third epoch" in text
