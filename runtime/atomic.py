@@ -8,6 +8,19 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files 0600; the file that lands must have the mode open() would give it
+# (another user, e.g. a Triton container, reads an export). The umask is read once, at import.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _mode_for(path: Path) -> int:
+    """An existing file's mode (as open(path, "w") keeps it), else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
@@ -15,6 +28,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _mode_for(path))
     os.close(fd)
     try:
         yield Path(tmp)
