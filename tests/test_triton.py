@@ -153,6 +153,35 @@ def test_export_from_a_run_writes_the_repository_and_replaces_an_old_one(
     assert "is an export directory" in result.stderr and "Traceback" not in result.output
 
 
+def test_an_int8_export_gets_its_own_model_in_the_repository(int8_export, tmp_path):
+    export, _ = int8_export
+    card = ModelCard.load(export / "model.json")
+    repo = tmp_path / "repo"
+    result = _export(export, "--triton", repo)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "README.md",
+        "digit_reader",
+        "digit_reader_int8",
+    ]
+    config = _parse(repo / "digit_reader_int8")
+    served = repo / "digit_reader_int8" / "1" / "model.onnx"
+    assert config.platform == "onnxruntime_onnx"
+    assert (
+        _graph_io(served)
+        == _graph_io(export / "model.int8.onnx")
+        == _graph_io(export / "model.onnx")
+    )
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert params["digit_reader.precision"] == card.files["model.int8.onnx"]["precision"] == "int8"
+    assert (
+        params["digit_reader.sha256"]
+        == card.files["model.int8.onnx"]["sha256"]
+        == sha256_of(served)
+    )
+    check_config(json_format.MessageToDict(config, preserving_proto_field_name=True), expected=card)
+
+
 # -- against a real Triton server ----------------------------------------------------------
 
 
