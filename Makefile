@@ -23,7 +23,7 @@ lint: install
 test: lint
 	$(PY) -m pytest -q -ra --durations=15 || [ $$? -eq 5 ]
 
-# The whole pipeline on the embedded synthetic data, CPU only (about 12 minutes on 2 cores):
+# The whole pipeline on the embedded synthetic data, CPU only (about 6 minutes on 2 cores):
 # data -> train (nano) -> export (fp32 + fp16 + int8, parity-gated) -> read -> parity and latency.
 demo: install
 	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json $(DEMO)/sheet.png
