@@ -5,7 +5,8 @@ end-to-end (file decode + letterbox + backend + threshold/sort/decode, serially,
 request would run; runtime.reader.prepare and decode_outputs, the reader's own code). The
 PyTorch eager model on the same canvases is the baseline row; every row carries its ratio to
 the baseline at the same batch size, and its distance from the floor: the model's convolution
-and matrix-product FLOPs divided by the matmul rate measured on this machine in this process.
+and matrix-product FLOPs divided by the fastest fp32 matmul rate measured on this machine in
+this process (torch's and ONNX Runtime's; machine.matmul_rates).
 On CUDA the eager model is timed with device synchronisation; ONNX Runtime and TensorRT return
 host arrays, which includes the copy back.
 
@@ -26,7 +27,7 @@ import torch
 
 from digit_reader.benchmarks import ort_profile
 from digit_reader.benchmarks.forms import Form, exported_forms
-from digit_reader.benchmarks.machine import machine, matmul_gflops
+from digit_reader.benchmarks.machine import machine, matmul_rates
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.export.parity import EagerBackend
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD
@@ -130,8 +131,14 @@ def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, devi
             ("PyTorch eager", "fp32", EagerBackend(model, card.max_detections, device), None)
         )
         macs = conv_linear_macs(model, card.canvas)
-        rate = matmul_gflops()
-        floor = {"gmacs": macs / 1e9, "matmul_gflops": rate, "ms_per_image": 2 * macs / rate / 1e6}
+        rates = matmul_rates()
+        rate = max(rates.values())
+        floor = {
+            "gmacs": macs / 1e9,
+            "matmul_gflops": rate,
+            "matmul_by_library": rates,
+            "ms_per_image": 2 * macs / rate / 1e6,
+        }
     else:
         forms.append(("PyTorch eager", "fp32", None, f"no checkpoint at {source} (pass --run)"))
     for form in exported_forms(export_dir, device):
@@ -226,9 +233,11 @@ def markdown(result: dict) -> str:
         + ")."
     )
     if f:
+        by = f.get("matmul_by_library") or {"torch": f["matmul_gflops"]}  # older reports: torch
+        libraries = ", ".join(f"{k} {v:.0f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1]))
         head += (
             f" Floor: {f['gmacs']:.2f} GMAC per image at {f['matmul_gflops']:.0f} GFLOP/s "
-            f"(torch matmul here) = {f['ms_per_image']:.2f} ms per image."
+            f"(the fastest fp32 matmul here: {libraries}) = {f['ms_per_image']:.2f} ms per image."
         )
     notes = [ort_profile.integer_line(form, p) for form, p in result.get("integer", {}).items()]
     notes += int8_ratios(result["rows"])
