@@ -138,17 +138,35 @@ class DeployableDetector(nn.Module):
         self.k_max = int(-math.log2(scales[-1]))
         self.pooled_grids = [self.grids[self.level_names.index(n)] for n in self.pooled_names]
         self.register_buffer("pool_scales", torch.tensor(scales), False)
-        # pool(): a coarser level (k > k_min) is sampled past its last column only by a RoI
-        # under one cell (2**k px) on one side and over 196 * 2**k px on the other (to map to
-        # level k), i.e. on a canvas side of at least 196 * 2**(k_min + 1) px (1568 for P2-P5).
-        limit = (CANONICAL_SCALE * 2.0 ** (self.k_min + 1 - CANONICAL_LEVEL)) ** 2
-        self.stack_limit = 0.999 * limit / 2.0 ** (self.k_min + 1)
         # Levels a RoI inside the canvas can map to (nano's 64x128 canvas: the first only).
         biggest = math.sqrt(h * w) * (1 + 1e-6)
         top = math.floor(CANONICAL_LEVEL + math.log2(biggest / CANONICAL_SCALE) + LEVEL_EPS)
         self.pool_levels = min(max(top, self.k_min), self.k_max) - self.k_min + 1
+        # pool(): a coarser level (k > k_min) is sampled past its last column only by a RoI
+        # under one cell (2**k px) on one side and over 196 * 2**k px on the other (to map to
+        # level k), i.e. on a canvas side of at least 196 * 2**(k_min + 1) px (1568 for P2-P5).
+        limit = (CANONICAL_SCALE * 2.0 ** (self.k_min + 1 - CANONICAL_LEVEL)) ** 2
+        self.exact_limit = 0.999 * limit / 2.0 ** (self.k_min + 1)
+        self.pool_tiles = self.tile_layout()
         self.num_classes = self.box_predictor.cls_score.out_features
         self.top_k = min(self.detections_per_img, self.post_top_n * (self.num_classes - 1))
+
+    def tile_layout(self) -> tuple[int, int] | None:
+        """pool()'s map: (column width, height), with each level's offset in `pool_offsets`;
+        None where one level is reachable, or the tiles would not fit beside the first level."""
+        coarse = self.pooled_grids[1 : self.pool_levels]
+        first_h, _ = self.pooled_grids[0]
+        height = sum(gh + 1 for gh, _ in coarse)
+        if not coarse or height > first_h or max(self.canvas) >= self.exact_limit:
+            return None
+        width = max(gw + 1 for _, gw in coarse)
+        offsets, y = [(width, 0)], 0
+        for gh, _ in coarse:
+            offsets.append((0, y))
+            y += gh + 1
+        table = torch.tensor([(x, y, x, y) for x, y in offsets], dtype=torch.float32)
+        self.register_buffer("pool_offsets", table, False)
+        return width, first_h
 
     def anchors_at(self, level: int, idx: torch.Tensor) -> torch.Tensor:
         """Anchors of flat indices `idx` (location-major, anchor-minor) of one level."""
@@ -209,32 +227,40 @@ class DeployableDetector(nn.Module):
         """MultiScaleRoIAlign as one RoiAlign: each RoI pooled on its own level only.
 
         Why: pooling every RoI on every level and keeping one (`pool_every_level`) does the
-        RoiAlign work once per level; at 800x1344 that was 38 % of the int8 model call.
-        Here each coarser level is brought to the first level's grid by repeating its last row
-        and column, the levels are stacked as batch entries (image * levels + level), and each
-        RoI is scaled to its level beforehand (a power of two: exact). RoiAlign clamps a sample
-        in [w-1, w] to column w-1, which the repeated column reproduces (to the last bit of the
-        interpolation), and below `stack_limit` no sample of a coarser level lies past w.
+        RoiAlign work once per level; at 800x1344 that was 38 % of the int8 model call. Here
+        the levels are tiled into one map (`pool_tiles`): the coarser ones in a column on the
+        left, each with its last row and column repeated, the first level on the right, so its
+        right and bottom edges are the map's. Each RoI is scaled to its level (a power of two)
+        and moved to its tile. RoiAlign clamps a sample in [w-1, w] to column w-1, which the
+        repeated column reproduces, and below `exact_limit` no sample of a coarser level lies
+        past w; moving a RoI rounds its coordinates to the float32 step at the tile's offset
+        (about 3e-5 of a cell at 800x1344).
         """
-        if max(self.canvas) >= self.stack_limit:
-            return self.pool_every_level(features, boxes)
-        n, p = boxes.shape[:2]
-        gh, gw = self.pooled_grids[0]
-        stacked = []
-        reachable = zip(self.pooled_names, self.pooled_grids[: self.pool_levels], strict=False)
-        for name, (h, w) in reachable:
-            f = features[name]
-            if w < gw:
-                f = torch.cat((f, f[:, :, :, -1:].expand(-1, -1, -1, gw - w)), 3)
-            if h < gh:
-                f = torch.cat((f, f[:, :, -1:].expand(-1, -1, gh - h, -1)), 2)
-            stacked.append(f)
-        grid = torch.stack(stacked, 1).flatten(0, 1)  # [N * levels, C, gh, gw]
+        first = self.pooled_names[0]
         lvl = self.roi_levels(boxes)
-        image = torch.arange(n, device=boxes.device).repeat_interleave(p)
-        batch = (image * len(stacked) + lvl).to(boxes.dtype)
-        scaled = boxes.reshape(-1, 4) * self.pool_scales[lvl].unsqueeze(-1)
-        rois = torch.cat((batch[:, None], scaled), dim=1)
+        n, p = boxes.shape[:2]
+        if self.pool_tiles is None:  # one reachable level: plain RoiAlign, bit for bit
+            if self.pool_levels == 1:
+                image = torch.arange(n, device=boxes.device, dtype=boxes.dtype)
+                rois = torch.cat((image.repeat_interleave(p)[:, None], boxes.reshape(-1, 4)), 1)
+                scale = self.roi_scales[0]
+                out, ratio = self.roi_output_size, self.roi_sampling_ratio
+                return roi_align(features[first], rois, out, scale, ratio, aligned=False)
+            return self.pool_every_level(features, boxes)
+        width, height = self.pool_tiles
+        column = []
+        for name in self.pooled_names[1 : self.pool_levels]:
+            f = features[name]
+            f = torch.cat((f, f[:, :, :, -1:]), 3)
+            f = torch.cat((f, f[:, :, -1:]), 2)
+            column.append(F.pad(f, (0, width - f.shape[3])) if f.shape[3] < width else f)
+        column = torch.cat(column, 2)
+        if column.shape[2] < height:
+            column = F.pad(column, (0, 0, 0, height - column.shape[2]))
+        grid = torch.cat((column, features[first]), 3)  # [N, C, H, width + W]
+        image = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(p)
+        moved = boxes.reshape(-1, 4) * self.pool_scales[lvl].unsqueeze(-1) + self.pool_offsets[lvl]
+        rois = torch.cat((image[:, None], moved), dim=1)
         out = self.roi_output_size
         return roi_align(grid, rois, out, 1.0, self.roi_sampling_ratio, aligned=False)
 

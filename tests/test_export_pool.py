@@ -53,20 +53,22 @@ def test_one_roialign_pools_what_every_level_pools(canvas, sampling_ratio):
         boxes = edge_boxes(*canvas, 200)
         assert len(set(det.roi_levels(boxes).tolist())) == len(det.pooled_names)  # all used
         one, every = det.pool(features, boxes), det.pool_every_level(features, boxes)
-    # the same up to the last bit of an interpolation beside a repeated row (features ~0.1)
-    torch.testing.assert_close(one, every, rtol=0, atol=1e-7)
+    # the same up to float32 rounding of a RoI moved to its tile (features ~0.1; a zero border
+    # instead of the repeated row and column is off by ~1e-3)
+    torch.testing.assert_close(one, every, rtol=0, atol=1e-5)
 
 
 def test_a_canvas_past_the_exact_limit_pools_every_level(monkeypatch):
-    det = detector((64, 128))
-    assert det.stack_limit > 1344  # the seed's 800x1344 canvas is pooled the fast way
+    det = detector((192, 352))
+    assert det.exact_limit > 1344  # the seed's 800x1344 canvas is pooled the fast way
     calls = []
     monkeypatch.setattr(det, "pool_every_level", lambda f, b: calls.append(1))
-    features = det.backbone(torch.zeros(2, 3, 64, 128))
-    det.pool(features, edge_boxes(64, 128, 4))
+    features = det.backbone(torch.zeros(2, 3, 192, 352))
+    det.pool(features, edge_boxes(192, 352, 4))
     assert calls == []
-    det.stack_limit = 128
-    det.pool(features, edge_boxes(64, 128, 4))
+    det.exact_limit = 352
+    det.pool_tiles = det.tile_layout()
+    det.pool(features, edge_boxes(192, 352, 4))
     assert calls == [1]
 
 
@@ -104,4 +106,4 @@ def test_onnx_runtime_pools_the_stacked_levels_as_torchvision_does(tmp_path):
     (got,) = session.run(None, dict(zip(names, (t.numpy() for t in inputs), strict=True)))
     ops = [n.op_type for n in onnx.load(tmp_path / "pool.onnx").graph.node]
     assert ops.count("RoiAlign") == 1 and "Where" not in ops
-    torch.testing.assert_close(torch.from_numpy(got), every, rtol=0, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(got), every, rtol=0, atol=1e-5)
