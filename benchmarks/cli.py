@@ -152,6 +152,31 @@ def profile(export_dir, forms, batch, runs, as_is, data, out):
     _exit(bench.main, export_dir, set(forms), batch, runs, data, as_is, out)
 
 
+@main.command()
+@click.option(
+    "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
+)
+@click.option(
+    "--backend",
+    "forms",
+    multiple=True,
+    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
+    help="Only these forms (repeatable) [default: every ONNX form of the export].",
+)
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=positive_ints)
+@click.option("--data", type=EXISTING_DIR, help="HW2-layout root for images [default: synthetic].")
+@click.option(
+    "--out",
+    type=OUT_DIR,
+    help="Where memory.json / memory.md go [default: the export directory].",
+)
+def memory(export_dir, forms, batches, data, out):
+    """Peak resident memory per ONNX form and batch on the CPU, each in a fresh process."""
+    from digit_reader.benchmarks import memory as bench
+
+    _exit(bench.main, export_dir, set(forms), batches, data, out)
+
+
 @main.command("read-speed")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", required=True, type=click.Path(exists=True))
@@ -205,15 +230,16 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 @main.command()
 @click.argument("result", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def report(result):
-    """The Markdown of a saved result JSON (parity, latency, profile, triton-load, ray-speed;
-    e.g. after a format change)."""
-    from digit_reader.benchmarks import latency, parity, profile, ray_speed, triton_load
+    """The Markdown of a saved result JSON (parity, latency, profile, memory, triton-load,
+    ray-speed; e.g. after a format change)."""
+    from digit_reader.benchmarks import latency, memory, parity, profile, ray_speed, triton_load
 
     data = json.loads(result.read_text(encoding="utf-8"))
     render = {
         "parity": parity.markdown,
         "latency": latency.markdown,
         "profile": profile.markdown,
+        "memory": memory.markdown,
         "triton_load": triton_load.markdown,
         "ray_speed": ray_speed.markdown,
     }

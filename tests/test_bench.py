@@ -273,3 +273,19 @@ def test_profile_says_where_the_time_goes_and_why_the_file_is_rewritten(int8_exp
     md = (tmp_path / "profile.md").read_text()
     assert "| QLinearConv |" in md and "| total |" in md
     assert _bench("report", tmp_path / "profile.json").stdout == md
+
+
+def test_memory_measures_each_form_and_batch_in_its_own_process(int8_export, tmp_path):
+    result = _bench("memory", "--export", int8_export[0], "--batch", "1,16", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "memory.json").read_text())
+    rows = {(r["form"], r["batch"]): r for r in report["rows"]}
+    forms = ("onnxruntime fp32", "onnxruntime int8")
+    assert list(rows) == [(f, b) for b in (1, 16) for f in forms]
+    for r in rows.values():
+        assert 0 < r["after_load_mb"] <= r["peak_mb"] < 8000
+    for f in forms:  # a batch of 16 canvases needs more than one, in a process of its own
+        assert rows[(f, 16)]["peak_mb"] > rows[(f, 1)]["peak_mb"]
+    md = (tmp_path / "memory.md").read_text()
+    assert "| onnxruntime int8 | 16 |" in md
+    assert _bench("report", tmp_path / "memory.json").stdout == md
