@@ -22,6 +22,16 @@ EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
 FORMS = [f"{backend} {precision}" for backend in ("onnxruntime", "TensorRT") for precision in FILES]
+EXPORT_DIR_OPTION = click.option(
+    "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
+)
+ONNX_FORMS_OPTION = click.option(
+    "--backend",
+    "forms",
+    multiple=True,
+    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
+    help="Only these forms (repeatable) [default: every ONNX form of the export].",
+)
 
 
 @click.group(cls=Group)
@@ -119,16 +129,8 @@ def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, o
 
 
 @main.command()
-@click.option(
-    "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
-)
-@click.option(
-    "--backend",
-    "forms",
-    multiple=True,
-    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
-    help="Only these forms (repeatable) [default: every ONNX form of the export].",
-)
+@EXPORT_DIR_OPTION
+@ONNX_FORMS_OPTION
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option(
     "--runs",
@@ -153,16 +155,8 @@ def profile(export_dir, forms, batch, runs, as_is, data, out):
 
 
 @main.command()
-@click.option(
-    "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
-)
-@click.option(
-    "--backend",
-    "forms",
-    multiple=True,
-    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
-    help="Only these forms (repeatable) [default: every ONNX form of the export].",
-)
+@EXPORT_DIR_OPTION
+@ONNX_FORMS_OPTION
 @click.option("--batch", "batches", default="1,8", show_default=True, callback=positive_ints)
 @click.option("--data", type=EXISTING_DIR, help="HW2-layout root for images [default: synthetic].")
 @click.option(
