@@ -153,7 +153,8 @@ class DeployableDetector(nn.Module):
 
     def tile_layout(self) -> tuple[int, int] | None:
         """pool()'s map: (column width, height), with each level's offset in `pool_offsets`;
-        None where one level is reachable, or the tiles would not fit beside the first level."""
+        None where one level is reachable, the tiles would not fit beside the first level, or
+        the canvas is past `exact_limit` (pool() then pools every reachable level)."""
         coarse = self.pooled_grids[1 : self.pool_levels]
         first_h, _ = self.pooled_grids[0]
         height = sum(gh + 1 for gh, _ in coarse)
@@ -236,17 +237,11 @@ class DeployableDetector(nn.Module):
         past w; moving a RoI rounds its coordinates to the float32 step at the tile's offset
         (about 3e-5 of a cell at 800x1344).
         """
+        if self.pool_tiles is None:  # one level (one plain RoiAlign, bit for bit), or no exact map
+            return self.pool_every_level(features, boxes, self.pool_levels)
         first = self.pooled_names[0]
         lvl = self.roi_levels(boxes)
         n, p = boxes.shape[:2]
-        if self.pool_tiles is None:  # one reachable level: plain RoiAlign, bit for bit
-            if self.pool_levels == 1:
-                image = torch.arange(n, device=boxes.device, dtype=boxes.dtype)
-                rois = torch.cat((image.repeat_interleave(p)[:, None], boxes.reshape(-1, 4)), 1)
-                scale = self.roi_scales[0]
-                out, ratio = self.roi_output_size, self.roi_sampling_ratio
-                return roi_align(features[first], rois, out, scale, ratio, aligned=False)
-            return self.pool_every_level(features, boxes)
         width, height = self.pool_tiles
         column = []
         for name in self.pooled_names[1 : self.pool_levels]:
@@ -264,14 +259,18 @@ class DeployableDetector(nn.Module):
         out = self.roi_output_size
         return roi_align(grid, rois, out, 1.0, self.roi_sampling_ratio, aligned=False)
 
-    def pool_every_level(self, features: dict, boxes: torch.Tensor) -> torch.Tensor:
-        """MultiScaleRoIAlign: every RoI pooled on every level, each keeps its mapped level's."""
+    def pool_every_level(
+        self, features: dict, boxes: torch.Tensor, levels: int | None = None
+    ) -> torch.Tensor:
+        """MultiScaleRoIAlign: every RoI pooled on every level (the first `levels` only: those
+        a RoI can reach), each keeps its mapped level's."""
         n, p = boxes.shape[:2]
         lvl = self.roi_levels(boxes)
         batch = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(p)
         rois = torch.cat((batch[:, None], boxes.reshape(-1, 4)), dim=1)
         out = None
-        for level, (name, scale) in enumerate(zip(self.pooled_names, self.roi_scales, strict=True)):
+        pairs = list(zip(self.pooled_names, self.roi_scales, strict=True))[:levels]
+        for level, (name, scale) in enumerate(pairs):
             pooled = roi_align(
                 features[name],
                 rois,

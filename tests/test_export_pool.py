@@ -62,7 +62,7 @@ def test_a_canvas_past_the_exact_limit_pools_every_level(monkeypatch):
     det = detector((192, 352))
     assert det.exact_limit > 1344  # the seed's 800x1344 canvas is pooled the fast way
     calls = []
-    monkeypatch.setattr(det, "pool_every_level", lambda f, b: calls.append(1))
+    monkeypatch.setattr(det, "pool_every_level", lambda f, b, levels=None: calls.append(1))
     features = det.backbone(torch.zeros(2, 3, 192, 352))
     det.pool(features, edge_boxes(192, 352, 4))
     assert calls == []
