@@ -47,3 +47,9 @@ def exported_forms(export_dir: Path, device: str = "cpu") -> list[Form]:
                 skip = f"no {name} in the export (digit-export --engine builds it)"
             forms.append(Form(backend, precision, path, skip))
     return forms
+
+
+def onnx_forms(export_dir: Path, wanted: set[str]) -> list[Form]:
+    """The export's ONNX Runtime forms on the CPU, only those named in `wanted` if any."""
+    forms = exported_forms(export_dir, "cpu")
+    return [f for f in forms if f.backend == "onnxruntime" and (not wanted or f.name in wanted)]

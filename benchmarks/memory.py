@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.benchmarks.forms import exported_forms
+from digit_reader.benchmarks.forms import onnx_forms
 from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.runtime.errors import UserError
@@ -59,11 +59,7 @@ def run(export_dir: Path, wanted: set, batches: list[int], data) -> dict:
     from digit_reader.train import samples
 
     card = ModelCard.load(export_dir / CARD_NAME)
-    forms = [
-        f
-        for f in exported_forms(export_dir, "cpu")
-        if f.backend == "onnxruntime" and (not wanted or f.name in wanted)
-    ]
+    forms = onnx_forms(export_dir, wanted)
     if not forms:
         raise UserError(f"{export_dir}: no ONNX form to measure (asked for {sorted(wanted)})")
     rows = []

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from digit_reader.benchmarks import ort_profile
-from digit_reader.benchmarks.forms import exported_forms
+from digit_reader.benchmarks.forms import onnx_forms
 from digit_reader.benchmarks.machine import machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.runtime.errors import UserError
@@ -28,11 +28,10 @@ def _log(message: str) -> None:
 def run(export_dir: Path, wanted: set, batch: int, runs: int, data, as_is: bool) -> dict:
     card = ModelCard.load(export_dir / CARD_NAME)
     todo = []
-    for form in exported_forms(export_dir, "cpu"):
-        if form.backend == "onnxruntime" and (not wanted or form.name in wanted):
-            todo.append((form, True))
-            if as_is and form.precision == "int8":
-                todo.append((form, False))
+    for form in onnx_forms(export_dir, wanted):
+        todo.append((form, True))
+        if as_is and form.precision == "int8":
+            todo.append((form, False))
     if not todo:
         raise UserError(f"{export_dir}: no ONNX form to profile (asked for {sorted(wanted)})")
     with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
