@@ -8,45 +8,21 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import click
 
-from digit_reader.runtime import ray_read
-from digit_reader.runtime.command import Command
+from digit_reader.runtime import ray_options
+from digit_reader.runtime.backends import ENGINES
+from digit_reader.runtime.command import Command, device_option
+from digit_reader.runtime.console import data_stdout, err
+from digit_reader.runtime.contract import PRECISIONS
 from digit_reader.runtime.draw import Drawer
+from digit_reader.runtime.inputs import collect_inputs
 from digit_reader.runtime.output import ResultWriter
-from digit_reader.runtime.preprocess import is_image_path
 from digit_reader.runtime.reader import DEFAULT_BATCH, DEFAULT_WORKERS
-from digit_reader.runtime.submission import natural_key
-from digit_reader.runtime.triton_backend import is_triton_url
+from digit_reader.runtime.triton_url import is_triton_url
 
-
-def collect_inputs(paths: tuple[str, ...], uris: bool = False) -> tuple[list[Path], list[str]]:
-    """Files as given, directories' images in natural order; missing paths are failures.
-    URIs (`scheme://...`) are kept as strings when `uris` (--ray reads them), else failures."""
-    files, missing = [], []
-    for p in paths:
-        if ray_read.is_uri(p):
-            if uris:
-                files.append(p)
-            else:
-                missing.append(f"{p}: a URI; only --ray reads URIs")
-            continue
-        p = Path(p)
-        if p.is_dir():
-            files += sorted(
-                (f for f in p.iterdir() if f.is_file() and is_image_path(f)), key=natural_key
-            )
-        elif p.exists():
-            files.append(p)
-        else:
-            missing.append(f"{p}: no such file or directory")
-    return files, missing
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
+__all__ = ["collect_inputs", "main"]
 
 
 @click.command(cls=Command)
@@ -55,8 +31,22 @@ def _err(message: str) -> None:
     "--model",
     "-m",
     type=click.Path(),
-    help="model.onnx / model.engine, export dir, or triton://HOST:PORT/MODEL "
+    help="export dir, a model file (.onnx, .engine, .xml) or triton://HOST:PORT/MODEL "
     "(triton+grpc:// for gRPC) [default: $DIGIT_MODEL]",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="auto",
+    show_default=True,
+    help="what runs the model: auto = the export's TensorRT engine where it can run here, else "
+    "ONNX Runtime (or the engine a file's type names); openvino needs the [openvino] extra",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="with an export dir: which of its files [fp32]; bf16 = OpenVINO on the fp32 file, on "
+    "a CPU with bf16 [default: the file's]",
 )
 @click.option(
     "--batch-size", "-b", default=DEFAULT_BATCH, show_default=True, type=click.IntRange(1)
@@ -72,8 +62,11 @@ def _err(message: str) -> None:
     type=click.Path(dir_okay=False),
     help="also write COCO detection results (every detection) here",
 )
+@device_option("Where the model runs")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+    "--threads",
+    type=click.IntRange(1),
+    help="CPU threads of ONNX Runtime or OpenVINO [all cores]",
 )
 @click.option(
     "--workers",
@@ -100,65 +93,51 @@ def _err(message: str) -> None:
     type=click.Path(dir_okay=False),
     help="also write a contact sheet of the first 24 images' drawings here (PNG)",
 )
-@ray_read.options
-def main(
-    paths,
-    model,
-    batch_size,
-    threshold,
-    json_path,
-    device,
-    workers,
-    from_list,
-    draw_dir,
-    draw_all,
-    sheet,
-    **ray,
-):
+@ray_options.options
+def main(paths, from_list, draw_dir, draw_all, sheet, json_path, **options):
     """Read the house number in each image of PATH... (files or directories).
 
     Writes `image_id,pred_label` CSV to stdout (HW2's pred.csv: image_id = int(stem) for
     numeric names, leading zeros kept, -1 when no digit is found); progress and errors go to
     stderr. With --ray the same output comes from model actors on Ray Data.
     """
-    paths, ray = ray_read.parse_options(paths, ray)
+    out = data_stdout()  # whatever a library prints from here on goes to stderr
+    paths, ray = ray_options.parse_options(paths, options)
     if from_list:
         paths = (*paths, *(line.strip() for line in from_list if line.strip()))
     if not paths:
         raise click.UsageError("no inputs: give image files or directories")
-    from digit_reader.runtime.reader import Reader
-
-    if ray and is_triton_url(model or os.environ.get("DIGIT_MODEL", "")):
+    reading = {k: options[k] for k in ("model", "device", "batch_size", "threshold")}
+    reading |= {"engine": options["engine"], "precision": options["precision"]}
+    if ray and is_triton_url(options["model"] or os.environ.get("DIGIT_MODEL", "")):
         raise click.UsageError(
             "--ray reads with a local model (an export dir or file): its "
             "actors are the servers; use triton:// without --ray"
         )
-    if not ray:
-        reader = Reader(
-            model, device=device, batch_size=batch_size, threshold=threshold, workers=workers
-        )
+    reader = None if ray else _reader(reading, options["workers"], options["threads"])
     files, failures = collect_inputs(paths, uris=bool(ray))
     for message in failures:
-        _err(f"error: {message}")
+        err(f"error: {message}")
     if not files:
-        _err("error: no images found in " + ", ".join(paths))
+        err("error: no images found in " + ", ".join(paths))
         sys.exit(2)
     drawer = Drawer(draw_dir, draw_all, sheet) if (draw_dir or sheet) else None
     if ray:
-        sys.exit(
-            ray_read.read(
-                files,
-                len(failures),
-                model,
-                device,
-                batch_size,
-                threshold,
-                json_path,
-                drawer=drawer,
-                **ray,
-            )
-        )
-    _err(
+        from digit_reader.runtime import ray_read
+
+        sys.exit(ray_read.read(files, len(failures), reading, out, json_path, ray, drawer))
+    sys.exit(read_locally(reader, files, len(failures), out, json_path, drawer))
+
+
+def _reader(reading: dict, workers: int, threads: int | None):
+    from digit_reader.runtime.reader import Reader
+
+    return Reader(**reading, workers=workers, threads=threads)
+
+
+def read_locally(reader, files: list, n_failed: int, out, json_path, drawer) -> int:
+    """Read `files` with `reader` into `out` (the CSV), in input order; the exit code."""
+    err(
         f"digit-read: {len(files)} images, {reader.path.name} on {reader.backend.name}, "
         f"canvas {reader.canvas[0]}x{reader.canvas[1]}, batch {reader.batch_size}"
     )
@@ -169,17 +148,24 @@ def main(
         else None
     )
     writer = ResultWriter(
-        sys.stdout,
+        out,
         json_path,
-        len(failures),
-        on_error=lambda m: _err(f"\n{m}" if bar else m),
+        n_failed,
+        on_error=lambda m: err(f"\n{m}" if bar else m),
         drawer=drawer,
         threshold=reader.threshold,
     )
-    for path, pred in reader.iter_read(files):
-        if bar:
-            bar.update(1)
-        writer.add(path, pred)
+    try:
+        for path, pred in reader.iter_read(files):
+            if bar:
+                bar.update(1)
+            writer.add(path, pred)
+    finally:
+        reader.close()
     if bar:
         bar.render_finish()
-    sys.exit(writer.finish(time.perf_counter() - start))
+    return writer.finish(time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from digit_reader.runtime.contract import DEFAULT_DEVICE, DEVICE_HELP, check_device
 from digit_reader.runtime.errors import UserError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -55,3 +56,21 @@ def positive_ints(ctx, param, value: str) -> list[int]:
     if not out or min(out) < 1:
         raise click.BadParameter(f"a comma-separated list of positive integers, not {value!r}")
     return out
+
+
+def device_option(what: str):
+    """Every CLI's --device: the same choices, default and words (runtime.contract)."""
+
+    def check(ctx, param, value: str) -> str:
+        try:
+            return check_device(value)
+        except UserError:
+            raise click.BadParameter(f"{DEVICE_HELP}, not {value!r}") from None
+
+    return click.option(
+        "--device",
+        default=DEFAULT_DEVICE,
+        show_default=True,
+        callback=check,
+        help=f"{what}: {DEVICE_HELP}.",
+    )

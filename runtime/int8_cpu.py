@@ -15,7 +15,11 @@ rewrites fix both, and ORT then fuses every quantized Conv, Gemm and Add:
    non-negative) when the Q after them has the same scale.
 3. Every other activation Q/DQ pair becomes uint8 with zero point 128: exactly the same values.
 
-Weights stay int8 (behind their DQ), biases fp32. onnx is the only dependency (no torch).
+Weights stay int8 (behind their DQ), biases fp32, on CPUs with VNNI. On x86 without it (AVX2
+only) MLAS's u8 x s8 kernels saturate their 16-bit intermediates (runtime/cpu_features.py), so
+there the weights become uint8 with zero point 128 (`unsigned_weights`): exactly the same
+values, which MLAS multiplies without saturating (u8 x u8, widened to 16 bits first). onnx is
+the only dependency (no torch).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from digit_reader.runtime.cpu_features import int8_saturates
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 U8_ZERO, U8_MID = "int8_cpu_zero_point_u8_0", "int8_cpu_zero_point_u8_128"
@@ -162,9 +168,36 @@ def _shift_signed(g: _Graph, changed: set) -> int:
     return shifted
 
 
-def cpu_form(model: onnx.ModelProto) -> dict[str, int]:
+def _unsign_weights(g: _Graph) -> int:
+    """Every int8 weight behind a DQ as uint8 + 128 with zero point 128: the same values."""
+    renamed: dict[str, str] = {}
+
+    def unsigned(name: str) -> str:
+        if name not in renamed:
+            value = g.value(name).astype(np.int16) + 128
+            renamed[name] = f"{name}_u8"
+            g.graph.initializer.append(
+                numpy_helper.from_array(value.astype(np.uint8), renamed[name])
+            )
+        return renamed[name]
+
+    weights = 0
+    for dq in g.graph.node:
+        if dq.op_type != DQ or dq.input[0] not in g.inits or len(dq.input) < 3:
+            continue
+        w, zp = g.value(dq.input[0]), g.zero_point(dq)
+        if w.dtype != np.int8 or zp is None or np.any(zp != 0):
+            continue
+        dq.input[0], dq.input[2] = unsigned(dq.input[0]), unsigned(dq.input[2])
+        weights += 1
+    g.refresh()
+    return weights
+
+
+def cpu_form(model: onnx.ModelProto, unsigned_weights: bool = False) -> dict[str, int]:
     """Rewrite `model` (a TensorRT-style int8 QDQ graph) in place into ONNX Runtime's CPU form;
-    returns how many Relus were folded, uint8 pairs carried and pairs shifted by 128."""
+    returns how many Relus were folded, uint8 pairs carried, pairs shifted by 128 and weights
+    made unsigned (CPUs without VNNI: `unsigned_weights`)."""
     g = _Graph(model)
     g.graph.initializer.extend(
         [
@@ -178,6 +211,7 @@ def cpu_form(model: onnx.ModelProto) -> dict[str, int]:
         "relu_folded": _fold_relus(g, changed),
         "uint8_carried": _carry_unsigned(g, changed),
         "shifted_by_128": _shift_signed(g, changed),
+        "unsigned_weights": _unsign_weights(g) if unsigned_weights else 0,
     }
     # recorded types of the changed tensors are now wrong: ONNX Runtime infers them again
     kept = [v for v in g.graph.value_info if v.name not in changed]
@@ -186,8 +220,10 @@ def cpu_form(model: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
-def load_cpu_form(path: str | Path) -> bytes:
-    """model.int8.onnx as ONNX Runtime's CPU provider should get it: serialized CPU form."""
+def load_cpu_form(path: str | Path, unsigned_weights: bool | None = None) -> bytes:
+    """model.int8.onnx as ONNX Runtime's CPU provider should get it on this CPU: serialized
+    CPU form, weights unsigned where its int8 kernels would saturate (unless told)."""
     model = onnx.load(str(path))
-    cpu_form(model)
+    unsigned = int8_saturates() if unsigned_weights is None else unsigned_weights
+    cpu_form(model, unsigned)
     return model.SerializeToString()

@@ -13,13 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from digit_reader.runtime import atomic
+from digit_reader.runtime.contract import CARD_NAME, file_kind, graph_io, ir_weights
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD
 from digit_reader.runtime.errors import UserError
 
 FORMAT = "digit-reader/model@1"
-CARD_NAME = "model.json"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_dets", "boxes", "scores", "labels")
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -46,6 +44,18 @@ class ModelCard:
     engine_batch: dict | None = None  # {min, opt, max} of the TensorRT profile
     engine_note: str | None = None  # why no TensorRT engine was written, when none was
     format: str = FORMAT
+
+    @classmethod
+    def for_graph(cls, canvas: tuple[int, int], max_detections: int, **fields) -> ModelCard:
+        """A card whose inputs/outputs are runtime.contract's graph I/O for this canvas and K."""
+        inputs, outputs = graph_io(canvas, max_detections)
+        return cls(
+            canvas=tuple(canvas),
+            max_detections=max_detections,
+            inputs=[t.card_entry() for t in inputs],
+            outputs=[t.card_entry() for t in outputs],
+            **fields,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,13 +93,23 @@ class ModelCard:
         return cls.from_dict(d, where=str(path))
 
     def add_file(self, path: str | Path, precision: str, **extra) -> None:
+        """Enter a model file with its precision, checksum and size; an OpenVINO IR (.xml)
+        also with its weights file (.bin), which must travel with it."""
         path = Path(path)
-        self.files[path.name] = {
-            "precision": precision,
-            "sha256": sha256_of(path),
-            "bytes": path.stat().st_size,
-            **extra,
-        }
+        self.files[path.name] = {"precision": precision, **_checksum(path), **extra}
+        if file_kind(path.name) == "ir":
+            weights = path.parent / ir_weights(path.name)
+            self.files[path.name]["weights"] = {"file": weights.name, **_checksum(weights)}
+
+
+def _checksum(path: Path) -> dict:
+    return {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+
+
+def _matches(path: Path, entry: dict, check_sha256: bool) -> bool:
+    if not path.is_file() or entry.get("bytes") not in (None, path.stat().st_size):
+        return False
+    return not (check_sha256 and entry.get("sha256") and sha256_of(path) != entry["sha256"])
 
 
 def card_for(model_path: str | Path, check_sha256: bool = True) -> tuple[ModelCard, dict]:
@@ -108,12 +128,13 @@ def card_for(model_path: str | Path, check_sha256: bool = True) -> tuple[ModelCa
         raise UserError(
             f"{model_path}: not listed in {card_path} (it lists {sorted(card.files)})", code=2
         )
-    size = model_path.stat().st_size
-    if entry.get("bytes") not in (None, size) or (
-        check_sha256 and entry.get("sha256") and sha256_of(model_path) != entry["sha256"]
+    weights = entry.get("weights")
+    if not _matches(model_path, entry, check_sha256) or (
+        weights and not _matches(model_path.parent / weights["file"], weights, check_sha256)
     ):
         raise UserError(
-            f"{model_path}: does not match its entry in {card_path} (size or sha256 differ); "
+            f"{model_path}: does not match its entry in {card_path} (size or sha256 differ, or "
+            "its weights file is missing); "
             "re-export or copy the model.json that was written with it",
             code=2,
         )

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Callable
 from typing import TextIO
 
 from digit_reader.runtime import atomic
+from digit_reader.runtime.console import err
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Prediction
 from digit_reader.runtime.errors import ImageError
 from digit_reader.runtime.submission import CSV_HEADER, coco_results, image_id_for
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class ResultWriter:
@@ -32,7 +28,7 @@ class ResultWriter:
         out: TextIO,
         json_path: str | None = None,
         failed: int = 0,
-        on_error: Callable[[str], None] = _err,
+        on_error: Callable[[str], None] = err,
         drawer=None,
         threshold: float = DEFAULT_THRESHOLD,
     ):
@@ -60,6 +56,7 @@ class ResultWriter:
         self.n_ok += 1
         image_id = image_id_for(path)
         self.csv.writerow((image_id, pred.number))
+        self.out.flush()  # a row read is a row kept, even if the engine then dies
         if self.json_path:
             self.results += coco_results(image_id, pred.boxes, pred.scores, pred.digits)
         if self.drawer:
@@ -79,7 +76,7 @@ class ResultWriter:
             self.drawer.close()
         if self.json_path:
             atomic.write_text(self.json_path, json.dumps(self.results) + "\n")
-        _err(
+        err(
             f"digit-read: {self.n_ok} read, {self.n_bad} failed in {seconds:.1f} s "
             f"({self.n_ok / max(seconds, 1e-9):.1f} images/s)"
             + (f"; COCO results in {self.json_path}" if self.json_path else "")

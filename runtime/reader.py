@@ -7,34 +7,25 @@ backends release the GIL) while the current batch is in the model.
 from __future__ import annotations
 
 import os
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from digit_reader.runtime.backends import open_backend, resolve_model
+from digit_reader.runtime.console import err
 from digit_reader.runtime.decode import Detections, Prediction, split_outputs
-from digit_reader.runtime.errors import BackendError, ImageError, UserError
+from digit_reader.runtime.errors import BackendError, ImageError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.preprocess import boxes_from_canvas, load_canvas
-from digit_reader.runtime.triton_backend import (
-    TritonBackend,
-    TritonTarget,
-    is_triton_url,
-    parse_url,
-)
+from digit_reader.runtime.triton_url import TritonTarget
 
 DEFAULT_BATCH = 8
 DEFAULT_WORKERS = 2  # threads decoding and letterboxing ahead of the model
 _END = object()
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -59,73 +50,6 @@ def decode_outputs(out: dict, prepared: list[Prepared], threshold: float) -> lis
     ]
 
 
-def resolve_model(
-    model: str | os.PathLike | None, device: str = "auto", log: Callable[[str], None] = _stderr
-) -> Path | TritonTarget:
-    """--model, else $DIGIT_MODEL. A directory means the export directory: its model.engine
-    where that engine can run here (not with --device cpu), else its model.onnx, saying why
-    on `log`. A file is used as named (an engine that cannot run fails when it is opened).
-    triton://HOST:PORT/MODEL names a model on a Triton server (runtime/triton_backend.py)."""
-    model = model or os.environ.get("DIGIT_MODEL")
-    if not model:
-        raise UserError(
-            "no model given: pass --model FILE or set DIGIT_MODEL. Make one with "
-            "`digit-train --preset nano --device cpu` then `digit-export RUN --out DIR`",
-            code=2,
-        )
-    if is_triton_url(model):
-        return parse_url(model)
-    path = Path(model)
-    if path.is_dir():
-        onnx, engine = path / "model.onnx", path / "model.engine"
-        if engine.is_file() and device != "cpu":
-            reason = _engine_problem(engine)
-            if reason is None:
-                return engine
-            if onnx.is_file():
-                log(f"digit-read: not using {engine}: {reason}; reading with {onnx.name}")
-        if onnx.is_file():
-            return onnx
-        raise UserError(f"{path}: no model.onnx or usable model.engine in this directory", code=2)
-    if not path.is_file():
-        raise UserError(f"{path}: no such model file", code=2)
-    return path
-
-
-def _engine_problem(engine: Path) -> str | None:
-    """Why this engine cannot run here (TensorRT, cuda-python, GPU, built for another), or None."""
-    from digit_reader.runtime.trt_backend import probe, why_engine_cannot_run
-
-    try:
-        _, entry = card_for(engine)
-    except UserError as e:
-        return str(e).removeprefix(f"{engine}: ")
-    return why_engine_cannot_run(entry, probe())
-
-
-def open_backend(
-    path: Path,
-    entry: dict,
-    device: str,
-    log: Callable[[str], None] = _stderr,
-    threads: int | None = None,
-):
-    """The backend for `path`; `threads` caps ONNX Runtime's intra-op threads [all cores]."""
-    if path.suffix in (".engine", ".plan"):
-        if device == "cpu":
-            raise UserError(
-                f"{path}: a TensorRT engine runs on CUDA only, not --device cpu", code=2
-            )
-        from digit_reader.runtime.trt_backend import TensorRTBackend
-
-        return TensorRTBackend(path, entry)
-    if path.suffix == ".onnx":
-        from digit_reader.runtime.ort_backend import OrtBackend
-
-        return OrtBackend(path, device, threads=threads, log=log, precision=entry.get("precision"))
-    raise UserError(f"{path}: unknown model type (want .onnx, .engine or .plan)", code=2)
-
-
 class Reader:
     """Reads house numbers with an exported model; settings come from the model.json beside it.
 
@@ -140,23 +64,36 @@ class Reader:
         batch_size: int = DEFAULT_BATCH,
         threshold: float | None = None,
         workers: int = DEFAULT_WORKERS,
-        log: Callable[[str], None] = _stderr,
+        log: Callable[[str], None] = err,
         threads: int | None = None,
+        engine: str = "auto",
+        precision: str | None = None,
     ):
-        self.path = resolve_model(model, device, log)
+        """`engine` (auto, onnxruntime, openvino, tensorrt) and `precision` pick the file of
+        an export directory and what runs it (runtime/backends.py)."""
+        self.path = resolve_model(model, device, log, engine, precision)
         if isinstance(self.path, TritonTarget):  # the server's config carries the card
             if device != "auto":
                 log(f"digit-read: --device {device} does not apply to {self.path} (served)")
+            from digit_reader.runtime.triton_backend import TritonBackend
+
             self.backend = TritonBackend(self.path)
             self.card, entry = self.backend.card, self.backend.entry
+            self.precision = entry.get("precision", "fp32")
         else:
             self.card, entry = card_for(self.path)
-            self.backend = open_backend(self.path, entry, device, log, threads=threads)
+            self.backend = open_backend(
+                self.path, entry, device, log, threads, engine, precision, batch_size
+            )
+            self.precision = getattr(self.backend, "precision", entry.get("precision", "fp32"))
         limit = self.backend.max_batch or batch_size
         self.batch_size = max(1, min(batch_size, limit))
         self.threshold = self.card.threshold if threshold is None else threshold
         self.workers = max(1, workers)
-        self.precision = entry.get("precision", "fp32")
+
+    def close(self) -> None:
+        """Free the backend (sessions, GPU buffers, connections)."""
+        self.backend.close()
 
     @property
     def canvas(self) -> tuple[int, int]:
@@ -220,4 +157,4 @@ class Reader:
         return results[0] if single else results
 
 
-__all__ = ["Reader", "ModelCard", "Prediction", "resolve_model"]
+__all__ = ["Reader", "ModelCard", "Prediction", "resolve_model", "open_backend"]

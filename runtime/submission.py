@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from digit_reader.runtime.contract import category_of
+
 CSV_HEADER = ("image_id", "pred_label")
 
 
@@ -37,7 +39,7 @@ def csv_text(rows: Iterable[tuple[int | str, str]]) -> str:
 
 
 def coco_results(image_id: int | str, boxes_xyxy, scores, digits) -> list[dict]:
-    """COCO detection results for one image: bbox [x, y, w, h], category_id = digit + 1."""
+    """COCO detection results for one image: bbox [x, y, w, h], category_id of each digit."""
     out = []
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     scores, digits = np.reshape(scores, -1), np.reshape(digits, -1)
@@ -47,7 +49,7 @@ def coco_results(image_id: int | str, boxes_xyxy, scores, digits) -> list[dict]:
                 "image_id": image_id,
                 "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                 "score": round(float(s), 5),
-                "category_id": int(d) + 1,
+                "category_id": category_of(int(d)),
             }
         )
     return out

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
+from digit_reader.runtime.contract import INPUT_NAME, OUTPUT_NAMES, device_index
+from digit_reader.runtime.errors import BackendError, UserError
 
 MIN_TENSORRT_MAJOR = 10  # strongly typed networks, execute_async_v3, ROIAlign_TRT v2
 GPU_EXTRA = "pip install 'digit-reader[gpu]'"
@@ -34,20 +34,39 @@ def import_cudart():
         try:
             from cuda import cudart
         except ImportError:
-            raise UserError(f"cuda-python is not installed: {GPU_EXTRA}", code=2) from None
+            raise UserError(f"{NO_CUDA_PYTHON}: {GPU_EXTRA}", code=2) from None
     return cudart
 
 
-def import_tensorrt():
+NOT_INSTALLED = "tensorrt is not installed"
+NO_CUDA_PYTHON = "cuda-python is not installed"
+
+
+def load_tensorrt():
+    """(the tensorrt module or None, why it cannot be used or None). A missing tensorrt
+    package is "not installed"; a package whose import fails (its native libraries missing,
+    libnvinfer/libnvonnxparser of another version) is installed but cannot load, with the
+    ImportError's own words: installing the package again would not help."""
     try:
         import tensorrt
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name == "tensorrt":
+            return None, NOT_INSTALLED
+        return None, f"tensorrt is installed but cannot load: {e}"
+    except ImportError as e:  # e.g. libnvonnxparser.so.11: cannot open shared object file
+        return None, f"tensorrt is installed but cannot load: {e}"
+    return tensorrt, None
+
+
+def import_tensorrt():
+    """(tensorrt, cudart) or UserError (2) saying which is missing and what to do."""
+    trt, problem = load_tensorrt()
+    if trt is None:
+        hint = f"{GPU_EXTRA} on an NVIDIA machine" if problem == NOT_INSTALLED else "fix it"
         raise UserError(
-            f"tensorrt is not installed: {GPU_EXTRA} on an NVIDIA machine, or read with the "
-            "ONNX model (model.onnx) instead",
-            code=2,
-        ) from None
-    return tensorrt, import_cudart()
+            f"{problem}: {hint}, or read with the ONNX model (model.onnx) instead", code=2
+        )
+    return trt, import_cudart()
 
 
 def cuda_error_text(err, cudart=None) -> str:
@@ -91,15 +110,14 @@ class TensorRTProbe:
     gpus: int = 0
     gpu: str | None = None
     capability: str | None = None
-    problem: str | None = "tensorrt is not installed"
+    problem: str | None = NOT_INSTALLED
 
 
 def probe() -> TensorRTProbe:
     """Import tensorrt and cuda-python and ask CUDA for its devices; never raises."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return TensorRTProbe()
+    trt, problem = load_tensorrt()
+    if trt is None:
+        return TensorRTProbe(problem=problem)
     version = trt.__version__
     if int(version.split(".")[0]) < MIN_TENSORRT_MAJOR:
         too_old = f"TensorRT {version} is too old; digit-reader needs TensorRT >= 10"
@@ -107,7 +125,7 @@ def probe() -> TensorRTProbe:
     try:
         cudart = import_cudart()
     except UserError:
-        return TensorRTProbe(version, problem="cuda-python is not installed")
+        return TensorRTProbe(version, problem=NO_CUDA_PYTHON)
     try:
         count = cuda_call(cudart.cudaGetDeviceCount(), cudart)
         if not count:
@@ -149,7 +167,7 @@ def profile_problem(batch: int, profile: tuple[int, int, int]) -> str | None:
 class TensorRTBackend:
     """One engine, one context, one stream; pinned host and device buffers sized for max batch."""
 
-    def __init__(self, path: str | Path, entry: dict):
+    def __init__(self, path: str | Path, entry: dict, device: str = "cuda"):
         self.path = Path(path)
         self.buffers: dict = {}
         self.stream = None
@@ -159,6 +177,7 @@ class TensorRTBackend:
         reason = why_engine_cannot_run(entry, found)
         if reason:
             raise UserError(f"{path}: cannot run here: {reason}", code=2)
+        cuda_call(cudart.cudaSetDevice(device_index(device)), cudart)
         logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(logger, "")  # RoiAlign comes from the ROIAlign_TRT plugin
         runtime = trt.Runtime(logger)
@@ -198,6 +217,13 @@ class TensorRTBackend:
                 raise UserError(f"{path}: the engine has no tensor {name!r}", code=2)
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The four outputs; a CUDA error on the way is a BackendError (that batch is lost)."""
+        try:
+            return self._run(images)
+        except CudaError as e:
+            raise BackendError(f"TensorRT: {e} (a batch of {len(images)} image(s))") from None
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self.cudart
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -216,7 +242,7 @@ class TensorRTBackend:
             cudart,
         )
         if not self.context.execute_async_v3(self.stream):
-            raise RuntimeError(f"{self.path}: TensorRT execute_async_v3 failed (batch {n})")
+            raise BackendError(f"TensorRT: execute_async_v3 failed on a batch of {n} image(s)")
         out = {}
         for name in OUTPUT_NAMES:
             _, host, device, dtype = self.buffers[name]
