@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from digit_reader.runtime.command import Command
+from digit_reader.runtime.command import Command, device_option
 from digit_reader.runtime.errors import UserError
 from digit_reader.train.config import BACKBONES
 from digit_reader.train.presets import PRESET_NAMES
@@ -49,7 +49,7 @@ RESUMABLE = {"resume", "epochs", "device", "workers", "data", "threads", "quiet"
     type=click.Choice(["accuracy", "map"]),
     help="Keep best.pt by valid whole-number accuracy (default) or mAP.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option("Where training runs")
 @click.option(
     "--backbone-weights",
     type=click.Path(path_type=Path),
@@ -128,9 +128,7 @@ def _new_spec(opts):
     for key in ("epochs", "batch_size", "lr", "select", "workers", "seed"):
         if opts[key] is not None:
             setattr(tcfg, key, opts[key])
-    tcfg.sharpen = opts["sharpen"] or tcfg.sharpen
-    if tcfg.sharpen:
-        mcfg.extra["sharpen"] = True
+    mcfg.sharpen = opts["sharpen"] or mcfg.sharpen
     tcfg.amp = tcfg.amp and not opts["no_amp"]
     weights = model.resolve_backbone_weights(
         mcfg.backbone, opts["backbone_weights"], pretrained=not opts["no_pretrained"]

@@ -65,9 +65,11 @@ class ModelConfig:
     box_bg_iou_thresh: float = 0.5
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
-    # notes that travel with the weights, ignored by build_model: {"sharpen": True} when the
-    # model was trained on PIL-sharpened inputs (export writes it into model.json, and the
-    # reader then sharpens too: runtime.preprocess.sharpened)
+    # part of the preprocessing contract, not of the network: trained on PIL-sharpened inputs
+    # (the report's Table 5), so export writes it into model.json and the reader sharpens too
+    # (runtime.preprocess.sharpened); build_model ignores it
+    sharpen: bool = False
+    # notes that travel with the weights, ignored by build_model (e.g. the stand-in's)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -80,6 +82,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """From config.json or a checkpoint; runs before `sharpen` was a field kept it in
+        extra["sharpen"]."""
+        d = dict(d)
+        extra = dict(d.get("extra") or {})
+        if "sharpen" in extra:
+            d["sharpen"] = bool(d.get("sharpen")) or bool(extra.pop("sharpen"))
+            d["extra"] = extra
         return _from_dict(cls, d, "model config")
 
     def to_dict(self) -> dict:
@@ -129,7 +138,6 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up before the cosine schedule (nano only)
     grad_clip: float | None = None  # max gradient norm, None = no clipping
     select: str = "accuracy"  # best checkpoint by valid "accuracy" (the report) or "map"
-    sharpen: bool = False  # PIL sharpening of every input image (the report's Table 5)
     # label-true augmentation, applied to the original image before letterboxing
     augment: bool = True
     zoom: tuple[float, float] = (0.8, 1.25)  # frame size / image size (scale jitter)
@@ -143,6 +151,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """From config.json or a checkpoint; a run from before ModelConfig.sharpen has a
+        `sharpen` here too, which its model config also holds (ModelConfig.from_dict)."""
+        d = {k: v for k, v in d.items() if k != "sharpen"}
         cfg = _from_dict(cls, d, "train config")
         cfg.zoom = tuple(float(v) for v in cfg.zoom)
         return cfg

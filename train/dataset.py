@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from digit_reader.runtime.contract import category_of
 from digit_reader.runtime.preprocess import boxes_to_canvas, letterbox, open_rgb, sharpened
 from digit_reader.train import transforms
 from digit_reader.train.data.hw2 import Sample
@@ -26,11 +27,20 @@ class DigitDataset(Dataset):
     meta = {index, scale (letterbox), size (original w, h)}: what maps boxes back to the image.
     """
 
-    def __init__(self, samples: list[Sample], canvas: tuple[int, int], tcfg, train: bool):
+    def __init__(
+        self,
+        samples: list[Sample],
+        canvas: tuple[int, int],
+        tcfg,
+        train: bool,
+        sharpen: bool = False,
+    ):
+        """`sharpen`: the model's (ModelConfig.sharpen), part of its preprocessing contract."""
         self.samples = samples
         self.canvas = tuple(canvas)
         self.tcfg = tcfg
         self.train = train
+        self.sharpen = sharpen
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -40,7 +50,7 @@ class DigitDataset(Dataset):
         s = self.samples[index]
         rgb = open_rgb(s.path)
         size = (rgb.shape[1], rgb.shape[0])
-        if self.tcfg.sharpen:
+        if self.sharpen:
             rgb = sharpened(rgb)
         boxes = s.boxes
         if self.train and self.tcfg.augment:
@@ -51,7 +61,7 @@ class DigitDataset(Dataset):
         canvas, scale = letterbox(rgb, self.canvas)
         target = {
             "boxes": torch.from_numpy(boxes_to_canvas(boxes, scale)).reshape(-1, 4),
-            "labels": torch.from_numpy(s.digits + 1),  # model label = category_id = digit + 1
+            "labels": torch.from_numpy(category_of(s.digits)),
         }
         image = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
         return image, target, {"index": index, "scale": scale, "size": size}

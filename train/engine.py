@@ -9,11 +9,8 @@ depend only on (seed, epoch, index), so `--resume` continues the run as if it ha
 
 from __future__ import annotations
 
-import json
 import math
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from digit_reader.runtime import atomic
+from digit_reader.runtime.contract import resolve_device
 from digit_reader.runtime.errors import UserError
 from digit_reader.train import checkpoint, distributed, plots, presets
 from digit_reader.train.config import ModelConfig, TrainConfig
@@ -38,9 +36,11 @@ from digit_reader.train.dataset import (
     to_model_input,
 )
 from digit_reader.train.evaluate import metrics, predict
+from digit_reader.train.metrics_log import MetricsLog, read_records
 from digit_reader.train.model import build_model
+from digit_reader.train.run_state import Position, Training, checkpoint_state, restore
+from digit_reader.train.stop import StopFlag
 
-METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 PRESET_TXT = "preset.txt"
 
@@ -104,93 +104,6 @@ def make_scheduler(optimizer, tcfg: TrainConfig, total_steps: int):
     return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
-def read_records(run_dir: Path, up_to_step: int | None = None) -> list[dict]:
-    path = run_dir / METRICS
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            if up_to_step is None or r["step"] <= up_to_step:
-                out.append(r)
-    return out
-
-
-class MetricsLog:
-    """metrics.jsonl, appended line by line by rank 0 (a log, not a document)."""
-
-    def __init__(self, run_dir: Path, records: list[dict]):
-        self.path = run_dir / METRICS
-        self.records = records
-        # a resumed run drops lines written after its checkpoint: they will be redone
-        atomic.write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class StopFlag:
-    """First Ctrl-C (or SIGTERM, as job schedulers send): stop cleanly after the current step,
-    last.pt saved there. Second: abort.
-
-    DataLoader workers ignore SIGINT (dataset.ignore_sigint): a terminal's Ctrl-C reaches the
-    whole process group, and a worker killed by it would end the run before the clean stop.
-    Under torchrun, its agent forwards one SIGINT to every rank; the ranks agree on the step
-    to stop at (train_step) and rank 0 saves, well within torchrun's 30 s shutdown timeout.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
-
-    def restore(self) -> None:
-        for s, previous in self._previous.items():
-            signal.signal(s, previous)
-        self._previous = {}
-
-
-@dataclass
-class Training:
-    """What a step changes: the model (and its DDP wrapper `net`), optimiser, LR schedule and
-    AMP scaler."""
-
-    model: torch.nn.Module
-    net: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int  # of this rank
-    total_steps: int
-    use_amp: bool
-
-
-@dataclass
-class Position:
-    """Where the run stands; last.pt records it and --resume starts from it."""
-
-    step: int = 0
-    epoch: int = 0  # epochs finished
-    skip: int = 0  # batches of `epoch` done before a resume
-    best: dict | None = None  # {epoch, step, metrics} of best.pt
-
-
 @dataclass
 class Speed:
     """Training time and images of this process (evaluation excluded), over all its epochs."""
@@ -219,23 +132,13 @@ class Run:
         return Path(self.spec.run_dir) / checkpoint.LAST
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA device is visible; use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    return device
-
-
 @contextmanager
 def session(spec: RunSpec) -> Iterator[tuple[distributed.DistInfo, torch.device]]:
     """Check the configs, join torchrun's process group (if any) and pick this rank's device;
     leave the group on exit."""
     spec.train.validate()
     spec.model.validate()
-    device_name = _resolve_device(spec.device)
+    device_name = resolve_device(spec.device, torch.cuda.is_available())
     info = distributed.init(device_name)
     try:
         yield info, distributed.device_for(device_name, info)
@@ -260,13 +163,13 @@ def fit(run: Run, resume: bool) -> dict:
     torch.manual_seed(tcfg.seed)
     train_s, valid_s = _load_splits(Path(spec.data_root), spec.limit_train, info.main)
     t = _setup(spec, len(train_s), info, device)
-    pos = _restore(t, run.last, info, device) if resume else Position()
+    pos = restore(t, run.last, info, device) if resume else Position()
     if info.main:
         run.log = _open_run_dir(spec, resume, pos.step)
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         t.net = torch.nn.parallel.DistributedDataParallel(t.model, device_ids=ids)
-    dataset = DigitDataset(train_s, spec.model.canvas, tcfg, train=True)
+    dataset = DigitDataset(train_s, spec.model.canvas, tcfg, train=True, sharpen=spec.model.sharpen)
     if info.main:
         _announce(spec, info, device, len(train_s), len(valid_s), t.steps_per_epoch, resume, pos)
     run.stop = StopFlag()
@@ -298,7 +201,15 @@ def fit(run: Run, resume: bool) -> dict:
         "best": pos.best,
         "train_images_per_s": run.speed.images_per_s(2),
         "wall_time_s": round(time.perf_counter() - t_start, 1),
+        "peak_gpu_mb": _peak_gpu_mb(device),
     }
+
+
+def _peak_gpu_mb(device: torch.device) -> float | None:
+    """The most GPU memory torch held for this process's tensors (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def _load_splits(data_root: Path, limit: int | None, main: bool):
@@ -336,45 +247,6 @@ def _setup(spec: RunSpec, n_train: int, info, device: torch.device) -> Training:
     return Training(
         model, model, optimizer, scheduler, scaler, batches_per_epoch, total_steps, use_amp
     )
-
-
-def _restore(t: Training, last: Path, info, device: torch.device) -> Position:
-    """Load last.pt into the training objects and the RNG; returns where it stopped."""
-    state = checkpoint.load_checkpoint(last)
-    check_world_size(state.get("world_size"), info.world, last)
-    t.model.load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
-    note = restore_scaler(t.scaler, state["scaler"])
-    if note and info.main:
-        print(f"note: {note}", file=sys.stderr)
-    _set_rng_state(state["rng"], device)
-    return Position(state["step"], state["epoch"], state["batch_in_epoch"], state.get("best"))
-
-
-def restore_scaler(scaler: torch.amp.GradScaler, saved: dict) -> str | None:
-    """Load the AMP scaler's state; a checkpoint from a run without AMP (a CPU run, or
-    --no-amp) has none, and then the scaler starts fresh, as on a new run (returns a note)."""
-    if saved or not scaler.is_enabled():
-        scaler.load_state_dict(saved)  # a disabled scaler ignores what it is given
-        return None
-    return (
-        "the checkpoint was saved without AMP (a CPU or --no-amp run): AMP starts now with a "
-        "fresh gradient scaler"
-    )
-
-
-def check_world_size(saved: int | None, now: int, last: Path) -> None:
-    """Refuse a resume with another number of processes: the per-rank batch order and the
-    steps per epoch (so the LR schedule) depend on it."""
-    if saved is not None and saved != now:
-        raise UserError(
-            f"{last}: this run was trained with {saved} process(es), this resume has {now}; "
-            f"resume with the same number (torchrun --nproc_per_node={saved}"
-            + (", or without torchrun" if saved == 1 else "")
-            + ")",
-            code=2,
-        )
 
 
 def _open_run_dir(spec: RunSpec, resume: bool, step: int) -> MetricsLog:
@@ -451,7 +323,7 @@ def train_one_epoch(run: Run, t: Training, pos: Position, loader: DataLoader):
         if stop_now:
             bar.close()
             if info.main:
-                checkpoint.save_checkpoint(run.last, checkpoint_state(run, t, pos, done))
+                checkpoint.save_checkpoint(run.last, _state(run, t, pos, done))
             raise Interrupted(
                 f"interrupted at step {pos.step}; saved {run.last}, "
                 f"continue with: digit-train --resume {run.spec.run_dir}"
@@ -518,7 +390,8 @@ def evaluate(run: Run, model: torch.nn.Module, valid_s: list[Sample]) -> dict:
     """Valid metrics (accuracy, map, map50) on every rank: each predicts a shard, rank 0
     scores them all."""
     tcfg, info = run.spec.train, run.info
-    dets = predict(model, valid_s, run.spec.model.canvas, tcfg, run.device, info, run.progress)
+    mcfg = run.spec.model
+    dets = predict(model, valid_s, mcfg.canvas, tcfg, run.device, info, run.progress, mcfg.sharpen)
     return distributed.broadcast(metrics(dets, valid_s) if info.main else None, info)
 
 
@@ -542,7 +415,7 @@ def end_of_epoch(run: Run, t: Training, pos: Position, m: dict, loss, seconds, e
     if not run.info.main:
         return
     run.log.write(record)
-    full = checkpoint_state(run, t, pos, 0)
+    full = _state(run, t, pos, 0)
     if improved:
         keep = ("model", "model_config", "train_config", "step", "epoch", "best")
         best = {k: full[k] for k in keep} | {"metrics": m}
@@ -564,33 +437,5 @@ def _is_better(m: dict, best: dict | None, select: str) -> bool:
     return (m[select], m[other]) > (best[select], best[other])
 
 
-def checkpoint_state(run: Run, t: Training, pos: Position, batch_in_epoch: int) -> dict:
-    """last.pt: everything --resume needs to continue at (pos.epoch, batch_in_epoch)."""
-    return {
-        "model": t.model.state_dict(),
-        "model_config": run.spec.model.to_dict(),
-        "train_config": run.spec.train.to_dict(),
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
-        "scaler": t.scaler.state_dict(),
-        "step": pos.step,
-        "epoch": pos.epoch,
-        "batch_in_epoch": batch_in_epoch,
-        "total_steps": t.total_steps,
-        "world_size": run.info.world,
-        "rng": _rng_state(run.device),
-        "best": pos.best,
-    }
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _state(run: Run, t: Training, pos: Position, batch_in_epoch: int) -> dict:
+    return checkpoint_state(run.spec, t, pos, batch_in_epoch, run.info.world)

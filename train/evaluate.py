@@ -1,7 +1,8 @@
 """Predictions of the eager model in original-image pixels, and the report's validation metrics.
 
-Whole-number accuracy uses runtime.decode.decode_number (score >= 0.5, left to right, ties by
-top edge, "-1" when nothing is kept), the same rule as the reader and the export parity gate.
+Whole-number accuracy is runtime.contract's, over numbers decoded by runtime.decode (score >=
+0.5, left to right, ties by top edge, "-1" when nothing is kept): the same rule as the reader's
+and the export parity gate's.
 mAP@[.5:.95] is pycocotools' over all detections the model returns, in original-image pixels.
 """
 
@@ -11,23 +12,21 @@ import contextlib
 import io
 import sys
 
-import numpy as np
 import torch
 
+from digit_reader.runtime import contract
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD, Detections
 from digit_reader.runtime.preprocess import boxes_from_canvas
 from digit_reader.runtime.submission import coco_results
 from digit_reader.train import distributed
 from digit_reader.train.data.hw2 import CocoWriter, Sample
+from digit_reader.train.eager import detections_of
 
 
 def from_model_output(out: dict, scale: float, size_wh: tuple[int, int]) -> Detections:
-    boxes = out["boxes"].detach().float().cpu().numpy()
-    return Detections(
-        boxes=boxes_from_canvas(boxes, scale, size_wh),
-        scores=out["scores"].detach().float().cpu().numpy(),
-        digits=out["labels"].detach().cpu().numpy().astype(np.int64) - 1,
-    )
+    """One torchvision output -> Detections in original-image pixels."""
+    d = detections_of(out)
+    return Detections(boxes_from_canvas(d.boxes, scale, size_wh), d.scores, d.digits)
 
 
 @torch.no_grad()
@@ -39,15 +38,17 @@ def predict(
     device,
     info: distributed.DistInfo | None = None,
     progress: bool = False,
+    sharpen: bool = False,
 ) -> list[Detections]:
-    """Detections for every sample, in order; under torchrun each rank runs a shard."""
+    """Detections for every sample, in order; under torchrun each rank runs a shard.
+    `sharpen`: the model's (ModelConfig.sharpen)."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from digit_reader.train.dataset import DigitDataset, collate, loader_options, to_model_input
 
     info = info or distributed.DistInfo()
-    dataset = DigitDataset(samples, canvas, tcfg, train=False)
+    dataset = DigitDataset(samples, canvas, tcfg, train=False, sharpen=sharpen)
     shard = list(range(info.rank, len(samples), info.world))
     batches = [
         shard[i : i + tcfg.eval_batch_size] for i in range(0, len(shard), tcfg.eval_batch_size)
@@ -81,10 +82,8 @@ def predict(
 def whole_number_accuracy(
     dets: list[Detections], samples: list[Sample], threshold: float = DEFAULT_THRESHOLD
 ) -> float:
-    if not samples:
-        return 0.0
-    hits = sum(d.number(threshold) == s.number for d, s in zip(dets, samples, strict=True))
-    return hits / len(samples)
+    numbers = [d.number(threshold) for d in dets]
+    return contract.whole_number_accuracy(numbers, [s.number for s in samples])
 
 
 def coco_ground_truth(samples: list[Sample]) -> dict:

@@ -22,7 +22,7 @@ def submit(run_dir: Path, data_root: Path, tcfg, device, info: distributed.DistI
     test_s = load_split(data_root, "test")
     distributed.barrier(info)
     model, mcfg = checkpoint.load_model(run_dir, device)
-    dets = predict(model, test_s, mcfg.canvas, tcfg, device, info)
+    dets = predict(model, test_s, mcfg.canvas, tcfg, device, info, sharpen=mcfg.sharpen)
     if not info.main:
         return None
     paths = write_submission(run_dir, dets, test_s)

@@ -12,10 +12,7 @@ import sys
 import click
 
 from digit_reader.runtime.command import Group
-
-
-def _err(message: str) -> None:
-    click.echo(message, err=True)
+from digit_reader.runtime.console import err
 
 
 @click.group(cls=Group)
@@ -30,7 +27,7 @@ def main():
 def _print_stats(root, as_json: bool = False, verify: bool = False) -> None:
     from digit_reader.train.data.stats import dataset_stats, format_stats
 
-    stats = dataset_stats(root, verify_images=verify, log=_err)
+    stats = dataset_stats(root, verify_images=verify, log=err)
     click.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 
@@ -95,10 +92,10 @@ def convert_svhn_cmd(src, out, seed, valid_fraction, overwrite, as_json):
     """
     from digit_reader.train.data.svhn_mat import convert_svhn
 
-    report = convert_svhn(src, out, seed, valid_fraction, overwrite=overwrite, log=_err)
+    report = convert_svhn(src, out, seed, valid_fraction, overwrite=overwrite, log=err)
     for line in report.lines():
-        _err(line)
-    _err(f"images: {report.linked} hard-linked, {report.copied} copied")
+        err(line)
+    err(f"images: {report.linked} hard-linked, {report.copied} copied")
     _print_stats(out, as_json)
 
 

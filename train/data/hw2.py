@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from digit_reader.runtime import atomic
+from digit_reader.runtime.contract import category_of, digit_of
 from digit_reader.runtime.decode import decode_number
 from digit_reader.runtime.errors import UserError
 
@@ -139,6 +140,26 @@ def load_split(
                 f"{json_path}: no such file ({split}/ needs its labels; only test may go without)"
             )
         return _unlabelled(image_dir, verify_images)
+    coco, anns = _read_coco(json_path)
+    images = _read_images(json_path, image_dir, coco["images"], verify_images)
+    for i, ann in enumerate(anns):
+        _add_annotation(json_path, i, ann, images, report)
+    return [
+        Sample(
+            image_id=image_id,
+            path=im["path"],
+            width=im["w"],
+            height=im["h"],
+            boxes=np.asarray(im["boxes"], dtype=np.float32).reshape(-1, 4),
+            digits=np.asarray(im["digits"], dtype=np.int64),
+        )
+        for image_id, im in sorted(images.items())
+    ]
+
+
+def _read_coco(json_path: Path) -> tuple[dict, list]:
+    """(coco, annotations) of a split's json, its shape and categories checked before any entry
+    is read, so a json that is not HW2's fails with one message rather than per entry."""
     coco = _read_json(json_path)
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise DataError(f"{json_path}: expected a COCO object with an 'images' list")
@@ -146,8 +167,14 @@ def load_split(
     if not isinstance(anns, list):
         raise DataError(f"{json_path}: 'annotations' must be a list")
     _check_categories(json_path, coco.get("categories"))
+    return coco, anns
+
+
+def _read_images(json_path: Path, image_dir: Path, entries: list, verify_images: bool) -> dict:
+    """{image_id: image} for the json's images, each checked (id, plain file name, size, file
+    present, and decoded with `verify_images`) so annotations can be attached by id."""
     images: dict[int, dict] = {}
-    for i, im in enumerate(coco["images"]):
+    for i, im in enumerate(entries):
         try:
             image_id, file_name = _int(im["id"]), im["file_name"]
             width, height = _int(im["width"]), _int(im["height"])
@@ -166,39 +193,33 @@ def load_split(
         if verify_images:
             _verify(where, path, (width, height))
         images[image_id] = {"path": path, "w": width, "h": height, "boxes": [], "digits": []}
-    for i, ann in enumerate(anns):
-        try:
-            image_id = _int(ann["image_id"])
-            bbox = ann["bbox"]
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
-            x, y, w, h = (_float(v) for v in bbox)
-            cat = _int(ann["category_id"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{json_path}: annotations[{i}] is malformed ({e!r})") from None
-        if image_id not in images:
-            raise DataError(f"{json_path}: annotations[{i}] refers to unknown image id {image_id}")
-        if not 1 <= cat <= 10:
-            raise DataError(
-                f"{json_path}: annotations[{i}] has category_id {cat}; expected 1..10 (digit + 1)"
-            )
-        im = images[image_id]
-        where = f"{json_path}: annotations[{i}] (image {image_id})"
-        box = report.clip(where, (x, y, w, h), (im["w"], im["h"]))
-        if box is not None:
-            im["boxes"].append(box)
-            im["digits"].append(cat - 1)
-    return [
-        Sample(
-            image_id=image_id,
-            path=im["path"],
-            width=im["w"],
-            height=im["h"],
-            boxes=np.asarray(im["boxes"], dtype=np.float32).reshape(-1, 4),
-            digits=np.asarray(im["digits"], dtype=np.int64),
+    return images
+
+
+def _add_annotation(json_path: Path, i: int, ann, images: dict, report: LoadReport) -> None:
+    """Attach annotations[i] to its image, clipped to it (or dropped, counted in `report`);
+    a malformed entry, an unknown image id or a category outside 1..10 is a DataError."""
+    try:
+        image_id = _int(ann["image_id"])
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise ValueError(f"bbox {bbox!r} is not [x, y, w, h]")
+        x, y, w, h = (_float(v) for v in bbox)
+        cat = _int(ann["category_id"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{json_path}: annotations[{i}] is malformed ({e!r})") from None
+    if image_id not in images:
+        raise DataError(f"{json_path}: annotations[{i}] refers to unknown image id {image_id}")
+    if not 1 <= cat <= 10:
+        raise DataError(
+            f"{json_path}: annotations[{i}] has category_id {cat}; expected 1..10 (digit + 1)"
         )
-        for image_id, im in sorted(images.items())
-    ]
+    im = images[image_id]
+    where = f"{json_path}: annotations[{i}] (image {image_id})"
+    box = report.clip(where, (x, y, w, h), (im["w"], im["h"]))
+    if box is not None:
+        im["boxes"].append(box)
+        im["digits"].append(digit_of(cat))
 
 
 def _int(value) -> int:
@@ -223,10 +244,15 @@ def _check_categories(json_path: Path, categories) -> None:
     for i, cat in enumerate(categories):
         name = cat.get("name") if isinstance(cat, dict) else None
         cid = cat.get("id") if isinstance(cat, dict) else None
-        if isinstance(name, str) and name.isdigit() and len(name) == 1 and cid != int(name) + 1:
+        if (
+            isinstance(name, str)
+            and name.isdigit()
+            and len(name) == 1
+            and cid != category_of(int(name))
+        ):
             raise DataError(
                 f"{json_path}: categories[{i}] maps id {cid!r} to {name!r}; HW2 uses "
-                f"category_id = digit + 1 (id {int(name) + 1} for {name!r})"
+                f"category_id = digit + 1 (id {category_of(int(name))} for {name!r})"
             )
 
 
@@ -283,7 +309,7 @@ class CocoWriter:
                     "id": len(self.annotations) + 1,
                     "image_id": int(image_id),
                     "bbox": [float(x), float(y), float(w), float(h)],
-                    "category_id": int(d) + 1,
+                    "category_id": category_of(int(d)),
                     "area": float(w) * float(h),
                     "iscrowd": 0,
                 }

@@ -237,7 +237,34 @@ def convert_svhn(
         + (f"; not found: {', '.join(f'{s}/' for s in missing)}" if missing else "")
     )
     out = Path(out_root)
-    plan: dict[str, list[tuple[str, Path, MatEntry]]] = {}
+    plan = _plan(found, seed, valid_fraction, progress)
+
+    with staging(out, plan, overwrite, ".convert-") as tmp:
+        writers = {}
+        for split, items in plan.items():
+            writers[split] = _write_split(tmp / split, split, items, report, progress)
+
+        def info(split: str, writer: CocoWriter) -> dict:
+            return {
+                "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
+                "split": split,
+                "seed": int(seed),
+                "valid_fraction": float(valid_fraction),
+                "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
+            }
+
+        report.splits = write_splits(out, tmp, writers, info)
+    return report
+
+
+_Plan = dict[str, list[tuple[str, Path, MatEntry]]]
+
+
+def _plan(found: dict[str, Path], seed, valid_fraction, progress: bool) -> _Plan:
+    """{split: [(source, source dir, entry)]}: SVHN train and extra pooled and split into
+    train/valid by one seeded permutation (so a seed always makes the same split), SVHN test
+    kept whole as test. Every digitStruct.mat is read here, before anything is written."""
+    plan: _Plan = {}
     pool = []
     for source in ("train", "extra"):
         if source in found:
@@ -252,42 +279,37 @@ def convert_svhn(
     if "test" in found:
         entries = read_digitstruct(found["test"] / "digitStruct.mat", progress)
         plan["test"] = [("test", found["test"], e) for e in entries]
+    return plan
 
-    with staging(out, plan, overwrite, ".convert-") as tmp:
-        writers = {}
-        for split, items in plan.items():
-            (tmp / split).mkdir()
-            writer = writers[split] = CocoWriter()
-            for new_id, (source, src, entry) in enumerate(
-                _bar(items, len(items), f"write {split}", progress), start=1
-            ):
-                mat = src / "digitStruct.mat"
-                image = src / entry.name
-                try:
-                    if Path(entry.name).name != entry.name or not entry.name:
-                        raise ValueError(f"image name {entry.name!r} is not a plain file name")
-                    w, h = _image_size(image)
-                except ValueError as e:
-                    raise DataError(
-                        f"{mat}: digitStruct({entry.index}) ({entry.name}): {e}"
-                    ) from None
-                boxes, digits = _clip(entry, w, h, mat, report)
-                file_name = f"{new_id}{image.suffix.lower()}"
-                _place(image, tmp / split / file_name, report)
-                writer.add(new_id, file_name, w, h, boxes, digits)
-                writer.images[-1]["source"] = f"{source}/{entry.name}"
 
-        def info(split: str, writer: CocoWriter) -> dict:
-            return {
-                "description": "SVHN format 1 converted by digit-reader (digit-data convert)",
-                "split": split,
-                "seed": int(seed),
-                "valid_fraction": float(valid_fraction),
-                "sources": sorted({im["source"].split("/")[0] for im in writer.images}),
-            }
+def _write_split(folder: Path, split: str, items, report: LoadReport, progress: bool):
+    """Make `folder` and place each planned image in it as 1..N (its original suffix); the
+    returned CocoWriter holds their clipped boxes and each image's `source`."""
+    folder.mkdir()
+    writer = CocoWriter()
+    for new_id, (source, src, entry) in enumerate(
+        _bar(items, len(items), f"write {split}", progress), start=1
+    ):
+        mat = src / "digitStruct.mat"
+        image = src / entry.name
+        w, h = _checked_size(mat, entry, image)
+        boxes, digits = _clip(entry, w, h, mat, report)
+        file_name = f"{new_id}{image.suffix.lower()}"
+        _place(image, folder / file_name, report)
+        writer.add(new_id, file_name, w, h, boxes, digits)
+        writer.images[-1]["source"] = f"{source}/{entry.name}"
+    return writer
 
-        report.splits = write_splits(out, tmp, writers, info)
-    return report
+
+def _checked_size(mat: Path, entry: MatEntry, image: Path) -> tuple[int, int]:
+    """The entry's image size; a name that is not a plain file name (it could reach outside
+    the source folder) or an unreadable image is a DataError naming the digitStruct entry."""
+    try:
+        if Path(entry.name).name != entry.name or not entry.name:
+            raise ValueError(f"image name {entry.name!r} is not a plain file name")
+        return _image_size(image)
+    except ValueError as e:
+        raise DataError(f"{mat}: digitStruct({entry.index}) ({entry.name}): {e}") from None
 
 
 def _clip(entry: MatEntry, w: int, h: int, mat: Path, report: LoadReport):

@@ -326,81 +326,39 @@ def _paint(img: np.ndarray, x0: int, y0: int, alpha: np.ndarray, rgb, opacity: f
 
 
 def render(seed: int, split: str, index: int, difficulty: float = 1.0) -> Rendered:
-    """One synthetic crop; depends only on its arguments."""
+    """One synthetic crop; depends only on its arguments.
+
+    Every step draws from the one generator in this order (layout, wall, style, spacing,
+    transform, background, plate, distractors, lighting, camera): reordering them would change
+    every image a seed makes."""
     rng = image_rng(seed, split, index)
     d = float(difficulty)
     digits, boxes, margins = sample_layout(rng)
     wall = np.clip(WALLS[rng.integers(len(WALLS))] + rng.normal(0, 18, 3), 0, 255)
     st = _style(rng, wall, d)
-
-    # glyphs at their layout heights; spacing = real gaps between boxes plus a little air
-    masks, places = [], []
-    x = 0.0
     mean_h = float(boxes[:, 3].mean())
-    for i, digit in enumerate(digits):
-        g = _glyph(st.font, int(digit), st.weight)
-        gh = int(boxes[i, 3])
-        gw = max(1, round(gh * g.shape[1] / g.shape[0] * st.stretch))
-        masks.append(_sized(g, gw, gh))
-        places.append((x, float(boxes[i, 1])))
-        if i + 1 < len(digits):
-            gap = boxes[i + 1, 0] - (boxes[i, 0] + boxes[i, 2])
-            x += gw + max(float(gap), -0.05 * mean_h) + float(rng.uniform(0.02, 0.12)) * mean_h
+    masks, places = _set_glyphs(rng, digits, boxes, st, mean_h)
     corners = np.concatenate(
         [_corners(px, py, m.width, m.height) for (px, py), m in zip(places, masks, strict=True)]
     )
     bx0, by0 = corners.min(0)
     bx1, by1 = corners.max(0)
-    t = _transform(rng, (bx0 + bx1) / 2, (by0 + by1) / 2, bx1 - bx0, by1 - by0, d)
-    tc = _apply(t, corners)
-    left, top, right, bottom = margins
-    t = _shift(left - tc[:, 0].min(), top - tc[:, 1].min()) @ t
-    tc = _apply(t, corners)
-    w = int(math.ceil(tc[:, 0].max() + right))
-    h = int(math.ceil(tc[:, 1].max() + bottom))
+    block = (bx0, by0, bx1, by1)
+    t, tc, w, h = _frame(rng, corners, block, margins, d)
 
     keep_out = (int(tc[:, 0].min()), int(math.ceil(tc[:, 0].max())))
     img = _background(rng, h, w, wall, keep_out, st.plate is not None)
     if st.plate is not None:
-        pad = st.plate_pad * mean_h
-        rect = np.array([[bx0 - pad, by0 - pad * 0.7], [bx1 + pad, by0 - pad * 0.7]])
-        rect = np.r_[rect, [[bx1 + pad, by1 + pad * 0.7], [bx0 - pad, by1 + pad * 0.7]]]
-        poly = [tuple(p) for p in _apply(t, rect)]
-        layer = Image.new("L", (w, h))
-        draw = ImageDraw.Draw(layer)
-        draw.polygon(poly, fill=255)
-        _paint(img, 0, 0, np.asarray(layer), st.plate)
-        if st.border is not None:
-            edge = Image.new("L", (w, h))
-            width = max(1, round(mean_h * float(rng.uniform(0.03, 0.08))))
-            ImageDraw.Draw(edge).polygon(poly, outline=255, width=width)
-            _paint(img, 0, 0, np.asarray(edge), st.border)
+        _plate(rng, img, st, t, block, mean_h)
     _distractors(rng, img, st, mean_h, tc)
 
     out_boxes, out_masks = [], []
     for (px, py), m in zip(places, masks, strict=True):
-        gt = t @ _shift(px, py)
-        q = _apply(gt, _corners(0, 0, m.width, m.height))
-        rx0, ry0 = int(math.floor(q[:, 0].min())) - 1, int(math.floor(q[:, 1].min())) - 1
-        rx0, ry0 = max(rx0, 0), max(ry0, 0)
-        rx1 = min(int(math.ceil(q[:, 0].max())) + 1, w)
-        ry1 = min(int(math.ceil(q[:, 1].max())) + 1, h)
-        alpha = _warp(m, _shift(-rx0, -ry0) @ gt, (rx1 - rx0, ry1 - ry0))
-        if st.shadow is not None:
-            off = max(1, round(mean_h * 0.05))
-            sa = alpha[: alpha.shape[0] - off, : alpha.shape[1] - off]
-            _paint(img, rx0 + off, ry0 + off, sa, st.shadow, 0.7)
-        if st.outline is not None:
-            grown = Image.fromarray(alpha).filter(ImageFilter.MaxFilter(3))
-            _paint(img, rx0, ry0, np.asarray(grown), st.outline)
-        _paint(img, rx0, ry0, alpha, st.digit_rgb)
-        ink = alpha >= INK
-        if not ink.any():  # vanishingly thin glyph: take its strongest pixels
-            ink = alpha >= max(1, int(alpha.max()))
-        rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
-        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        out_boxes.append((rx0 + x0, ry0 + y0, x1 - x0, y1 - y0))
-        out_masks.append((rx0 + int(x0), ry0 + int(y0), ink[y0:y1, x0:x1].copy()))
+        rx0, ry0, alpha = _warped_glyph(m, t @ _shift(px, py), w, h)
+        _paint_glyph(img, st, rx0, ry0, alpha, mean_h)
+        box, mask = _ink_bounds(alpha, rx0, ry0)
+        out_boxes.append(box)
+        out_masks.append(mask)
 
     img = _lighting(rng, img)
     pixels = _degrade(rng, img, mean_h, d)
@@ -410,6 +368,97 @@ def render(seed: int, split: str, index: int, difficulty: float = 1.0) -> Render
         digits=np.asarray(digits, np.int64),
         masks=out_masks,
     )
+
+
+def _set_glyphs(rng, digits: np.ndarray, boxes: np.ndarray, st: _Style, mean_h: float):
+    """(masks, places): each digit's glyph at its layout height and its top-left corner in the
+    block before the transform; spacing is the real gap between the layout's boxes plus a
+    little air (one draw per gap), so a crowded real layout stays crowded."""
+    masks, places = [], []
+    x = 0.0
+    for i, digit in enumerate(digits):
+        g = _glyph(st.font, int(digit), st.weight)
+        gh = int(boxes[i, 3])
+        gw = max(1, round(gh * g.shape[1] / g.shape[0] * st.stretch))
+        masks.append(_sized(g, gw, gh))
+        places.append((x, float(boxes[i, 1])))
+        if i + 1 < len(digits):
+            gap = boxes[i + 1, 0] - (boxes[i, 0] + boxes[i, 2])
+            x += gw + max(float(gap), -0.05 * mean_h) + float(rng.uniform(0.02, 0.12)) * mean_h
+    return masks, places
+
+
+def _frame(rng, corners: np.ndarray, block, margins, d: float):
+    """(t, tc, w, h): the block's homography, moved so the warped block sits at the layout's
+    left and top margins, the warped corners, and the image size that leaves the right and
+    bottom margins beyond them: the margins are real SVHN's, measured on the warped block."""
+    bx0, by0, bx1, by1 = block
+    t = _transform(rng, (bx0 + bx1) / 2, (by0 + by1) / 2, bx1 - bx0, by1 - by0, d)
+    tc = _apply(t, corners)
+    left, top, right, bottom = margins
+    t = _shift(left - tc[:, 0].min(), top - tc[:, 1].min()) @ t
+    tc = _apply(t, corners)
+    w = int(math.ceil(tc[:, 0].max() + right))
+    h = int(math.ceil(tc[:, 1].max() + bottom))
+    return t, tc, w, h
+
+
+def _plate(rng, img: np.ndarray, st: _Style, t: np.ndarray, block, mean_h: float) -> None:
+    """Paint the plate (and its border, one draw for its width) behind the digits: the block
+    grown by plate_pad, warped by `t` like the digits so it tilts and recedes with them."""
+    h, w = img.shape[:2]
+    bx0, by0, bx1, by1 = block
+    pad = st.plate_pad * mean_h
+    rect = np.array([[bx0 - pad, by0 - pad * 0.7], [bx1 + pad, by0 - pad * 0.7]])
+    rect = np.r_[rect, [[bx1 + pad, by1 + pad * 0.7], [bx0 - pad, by1 + pad * 0.7]]]
+    poly = [tuple(p) for p in _apply(t, rect)]
+    layer = Image.new("L", (w, h))
+    draw = ImageDraw.Draw(layer)
+    draw.polygon(poly, fill=255)
+    _paint(img, 0, 0, np.asarray(layer), st.plate)
+    if st.border is not None:
+        edge = Image.new("L", (w, h))
+        width = max(1, round(mean_h * float(rng.uniform(0.03, 0.08))))
+        ImageDraw.Draw(edge).polygon(poly, outline=255, width=width)
+        _paint(img, 0, 0, np.asarray(edge), st.border)
+
+
+def _warped_glyph(m: Image.Image, gt: np.ndarray, w: int, h: int):
+    """(rx0, ry0, alpha): glyph mask `m` warped by `gt` into the smallest region of the w x h
+    image that holds it (a pixel of slack each side, for bilinear spill), and that region's
+    top-left corner; warping a region, not the whole image, keeps big crops cheap."""
+    q = _apply(gt, _corners(0, 0, m.width, m.height))
+    rx0, ry0 = int(math.floor(q[:, 0].min())) - 1, int(math.floor(q[:, 1].min())) - 1
+    rx0, ry0 = max(rx0, 0), max(ry0, 0)
+    rx1 = min(int(math.ceil(q[:, 0].max())) + 1, w)
+    ry1 = min(int(math.ceil(q[:, 1].max())) + 1, h)
+    alpha = _warp(m, _shift(-rx0, -ry0) @ gt, (rx1 - rx0, ry1 - ry0))
+    return rx0, ry0, alpha
+
+
+def _paint_glyph(img: np.ndarray, st: _Style, rx0: int, ry0: int, alpha, mean_h: float) -> None:
+    """Paint one warped glyph at (rx0, ry0): drop shadow, then outline, then the digit, so
+    each lies under the next as on a real plate."""
+    if st.shadow is not None:
+        off = max(1, round(mean_h * 0.05))
+        sa = alpha[: alpha.shape[0] - off, : alpha.shape[1] - off]
+        _paint(img, rx0 + off, ry0 + off, sa, st.shadow, 0.7)
+    if st.outline is not None:
+        grown = Image.fromarray(alpha).filter(ImageFilter.MaxFilter(3))
+        _paint(img, rx0, ry0, np.asarray(grown), st.outline)
+    _paint(img, rx0, ry0, alpha, st.digit_rgb)
+
+
+def _ink_bounds(alpha: np.ndarray, rx0: int, ry0: int):
+    """(box xywh, (x0, y0, ink mask)) of a warped glyph in image pixels: the tight bounds of
+    its pixels with alpha >= INK, measured after the transform so the box fits what is drawn."""
+    ink = alpha >= INK
+    if not ink.any():  # vanishingly thin glyph: take its strongest pixels
+        ink = alpha >= max(1, int(alpha.max()))
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    box = (rx0 + x0, ry0 + y0, x1 - x0, y1 - y0)
+    return box, (rx0 + int(x0), ry0 + int(y0), ink[y0:y1, x0:x1].copy())
 
 
 def _distractors(rng, img: np.ndarray, st: _Style, mean_h: float, tc: np.ndarray) -> None:
