@@ -17,16 +17,18 @@ from digit_reader.export.defaults import (
     CALIB_IMAGES,
     CALIB_METHOD,
     CALIB_PERCENTILE,
-    FP16_MIN_AGREEMENT,
-    INT8_MAX_ACCURACY_DROP,
-    INT8_MIN_AGREEMENT,
     INT8_PARITY_IMAGES,
     OPSET,
     PARITY_IMAGES,
     WORKSPACE_GIB,
 )
 from digit_reader.export.tensorrt_engine import BatchProfile
-from digit_reader.runtime.command import Command
+from digit_reader.runtime.command import Command, device_option
+from digit_reader.runtime.contract import (
+    FP16_MIN_AGREEMENT,
+    INT8_MAX_ACCURACY_DROP,
+    INT8_MIN_AGREEMENT,
+)
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME
 
@@ -42,6 +44,12 @@ from digit_reader.runtime.modelcard import CARD_NAME
     is_flag=True,
     help="Also write model.int8.onnx (explicitly quantized: Q/DQ), its calibration cache "
     "model.int8.calib.json, and its engine.",
+)
+@click.option(
+    "--openvino",
+    is_flag=True,
+    help="Also write OpenVINO IR (model.xml/.bin, model.int8.xml/.bin with --int8), gated "
+    "(fp32 IR also in bf16 where the CPU has it). Needs the [openvino] extra.",
 )
 @click.option("--engine", is_flag=True, help="Fail unless the TensorRT engine(s) get built.")
 @click.option("--min-batch", default=BatchProfile.min, show_default=True, type=click.IntRange(1))
@@ -121,13 +129,7 @@ from digit_reader.runtime.modelcard import CARD_NAME
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="HW2-layout root for the parity images [default: the run's data, else synthetic].",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where the parity gate runs PyTorch and ONNX Runtime.",
-)
+@device_option("Where the parity gate runs PyTorch and ONNX Runtime")
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(16, 21))
 @click.option(
     "--triton",
@@ -160,7 +162,7 @@ def main(
     """
     profile = BatchProfile(min_batch, opt_batch, max_batch)
     if source.is_dir() and (source / CARD_NAME).is_file():
-        if not triton_repo or fp16 or int8 or engine or out:
+        if not triton_repo or fp16 or int8 or engine or out or rest["openvino"]:
             raise UserError(
                 f"{source} is an export directory (it has {CARD_NAME}): give only --triton REPO "
                 "(and the batch options) to write a Triton repository from it, or export from "
@@ -222,7 +224,8 @@ def format_summary(s: dict) -> str:
         took += f", int8 quantization {s['int8_quantize_s']} s ({c['method']}, {how})"
     lines = [f"export     {s['out']} ({s['seconds']} s in all; {took})"]
     for name, size in s["files"].items():
-        lines.append(f"  {name:<20} {size / 1e6:9.2f} MB")
+        shown = f"{name} + .bin" if name.endswith(".xml") else name
+        lines.append(f"  {shown:<20} {size / 1e6:9.2f} MB")
     lines.append("  model.json")
     for name, text in s["parity"].items():
         lines.append(f"parity     {name}: {text}")

@@ -95,7 +95,17 @@ class DeployableDetector(nn.Module):
         self.rpn_head = model.rpn.head
         self.box_head = model.roi_heads.box_head
         self.box_predictor = model.roi_heads.box_predictor
-        rpn, heads = model.rpn, model.roi_heads
+        self._copy_settings(model.rpn, model.roi_heads)
+        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
+        self._set_up_levels(model.rpn)
+        self._set_up_pooling()
+        self.num_classes = self.box_predictor.cls_score.out_features
+        self.top_k = min(self.detections_per_img, self.post_top_n * (self.num_classes - 1))
+
+    def _copy_settings(self, rpn, heads) -> None:
+        """The eager model's inference settings (its "testing" top-n, thresholds, RoI pooler),
+        read once as plain numbers so the graph bakes them in as constants."""
         self.rpn_pre_nms_top_n = rpn._pre_nms_top_n["testing"]
         self.rpn_post_nms_top_n = rpn._post_nms_top_n["testing"]
         self.rpn_nms_thresh = float(rpn.nms_thresh)
@@ -107,10 +117,10 @@ class DeployableDetector(nn.Module):
         self.pooled_names = list(pooler.featmap_names)
         self.roi_output_size = tuple(pooler.output_size)
         self.roi_sampling_ratio = int(pooler.sampling_ratio)
-        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), False)
 
-        # The canvas is fixed, so the feature grid of every level is known now.
+    def _set_up_levels(self, rpn) -> None:
+        """Each FPN level's grid, stride, cell anchors (buffers cell_anchors_0..) and static
+        top-n: the canvas is fixed, so one zero image through the backbone gives them all."""
         h, w = self.canvas
         with torch.no_grad():
             feats = self.backbone(torch.zeros(1, 3, h, w))
@@ -128,6 +138,11 @@ class DeployableDetector(nn.Module):
         self.post_top_n = min(
             self.rpn_post_nms_top_n, len(self.level_top_n) * max(self.level_top_n)
         )
+
+    def _set_up_pooling(self) -> None:
+        """pool()'s static plan: the pooled levels' scales (buffer pool_scales), the levels a
+        RoI inside the canvas can reach, and the tile map (buffer pool_offsets, or None)."""
+        h, w = self.canvas
         # Pooled levels and their scales, as torchvision's MultiScaleRoIAlign infers them.
         scales = [
             2.0 ** round(math.log2(self.grids[self.level_names.index(n)][0] / h))
@@ -148,8 +163,6 @@ class DeployableDetector(nn.Module):
         limit = (CANONICAL_SCALE * 2.0 ** (self.k_min + 1 - CANONICAL_LEVEL)) ** 2
         self.exact_limit = 0.999 * limit / 2.0 ** (self.k_min + 1)
         self.pool_tiles = self.tile_layout()
-        self.num_classes = self.box_predictor.cls_score.out_features
-        self.top_k = min(self.detections_per_img, self.post_top_n * (self.num_classes - 1))
 
     def tile_layout(self) -> tuple[int, int] | None:
         """pool()'s map: (column width, height), with each level's offset in `pool_offsets`;

@@ -48,8 +48,9 @@ import onnx
 
 from digit_reader.export import scopes
 from digit_reader.runtime import atomic
+from digit_reader.runtime.contract import INPUT_NAME
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import INPUT_NAME, sha256_of
+from digit_reader.runtime.modelcard import sha256_of
 
 INT8_MODULES = ("backbone", "rpn_head", "box_head")
 KEEP_FP32 = ("rpn_head.cls_logits", "rpn_head.bbox_pred")  # + box_predictor, outside the modules

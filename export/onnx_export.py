@@ -20,7 +20,7 @@ from digit_reader.export.defaults import OPSET
 from digit_reader.export.graph import DeployableDetector
 from digit_reader.export.nms import ONNX_TRANSLATIONS
 from digit_reader.runtime import atomic
-from digit_reader.runtime.modelcard import INPUT_NAME, OUTPUT_NAMES
+from digit_reader.runtime.contract import INPUT_NAME, OUTPUT_NAMES
 
 MAX_BATCH = 1024  # upper bound torch.export may assume for the batch axis
 

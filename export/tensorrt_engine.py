@@ -20,9 +20,14 @@ from pathlib import Path
 
 from digit_reader.export.defaults import WORKSPACE_GIB
 from digit_reader.runtime import atomic
+from digit_reader.runtime.contract import INPUT_NAME
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import INPUT_NAME
-from digit_reader.runtime.trt_backend import GPU_EXTRA, TensorRTProbe
+from digit_reader.runtime.trt_backend import (
+    GPU_EXTRA,
+    NO_CUDA_PYTHON,
+    NOT_INSTALLED,
+    TensorRTProbe,
+)
 
 
 @dataclass
@@ -50,7 +55,7 @@ def why_no_engine(found: TensorRTProbe) -> str | None:
     """Why no engine can be built on this machine (one line, with what to install), or None."""
     if found.problem is None:
         return None
-    if found.version is None or "cuda-python" in found.problem:
+    if found.problem in (NOT_INSTALLED, NO_CUDA_PYTHON):  # a package to install, by name
         return f"{found.problem} ({GPU_EXTRA} on an NVIDIA machine)"
     return found.problem
 

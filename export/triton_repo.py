@@ -15,7 +15,7 @@ max_batch_size = the export's max batch (for an engine at most its profile's max
 TensorRT backend enforces); dynamic batching with the profile's opt and max batch as preferred
 sizes; one instance (KIND_AUTO for ONNX Runtime: the GPU where there is one, with TF32 off as
 in the reader; KIND_GPU for a plan); and the model card in `parameters`
-(runtime/triton_backend.py `card_parameters`). Every config is checked with the reader's own
+(runtime/triton_config.py `card_parameters`). Every config is checked with the reader's own
 `check_config` before anything is written. Model files are copied atomically and their sha256
 checked against model.json; each config.pbtxt goes first out and last in, as model.json does in
 an export directory.
@@ -24,15 +24,16 @@ an export directory.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from digit_reader.export.tensorrt_engine import BatchProfile
 from digit_reader.runtime import atomic
+from digit_reader.runtime.console import err
+from digit_reader.runtime.contract import ENGINE_SUFFIXES, file_kind
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard, sha256_of
-from digit_reader.runtime.triton_backend import (
+from digit_reader.runtime.triton_config import (
     PARAM_FORMAT,
     TRITON_TYPES,
     card_parameters,
@@ -42,17 +43,12 @@ from digit_reader.runtime.triton_backend import (
 MODEL_NAME = "digit_reader"
 VERSION = "1"
 README = "README.md"
-ENGINE_SUFFIXES = (".engine", ".plan")
 MAX_QUEUE_DELAY_US = 2000  # how long the dynamic batcher may hold a request to fill a batch
 # Triton-side names of the served files (its defaults for each platform)
 SERVED_FILE = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
 # fields rendered as bare enum names, and map fields, in protobuf text format
 _ENUM_FIELDS = {"data_type", "kind"}
 _MAP_FIELDS = {"parameters"}
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def is_engine(file_name: str) -> bool:
@@ -211,13 +207,16 @@ def _fields(message: dict, depth: int) -> list[str]:
 def repository_plan(
     export_dir: Path, profile: BatchProfile | None = None
 ) -> tuple[ModelCard, list[tuple[str, str, dict]]]:
-    """(card, [(model name, export file name, config)]) for every file of the export; raises
-    UserError if a config would not be one the reader accepts."""
+    """(card, [(model name, export file name, config)]) for every ONNX file and engine of the
+    export (an OpenVINO IR is not served: Triton's OpenVINO backend reads the same graph as
+    model.onnx); raises UserError if a config would not be one the reader accepts."""
     card = ModelCard.load(export_dir / CARD_NAME)
     profile = profile or BatchProfile()
     profile.validate()
     plan = []
     for file_name, entry in card.files.items():
+        if file_kind(file_name) == "ir":
+            continue
         source = entry.get("source", file_name) if is_engine(file_name) else file_name
         io = graph_io(export_dir / source) if (export_dir / source).is_file() else _card_io(card)
         config = model_config(card, file_name, io, profile)
@@ -236,7 +235,7 @@ def write_repository(
     export_dir: Path,
     repo: Path,
     profile: BatchProfile | None = None,
-    log: Callable[[str], None] = _log,
+    log: Callable[[str], None] = err,
 ) -> list[str]:
     """Write (or update) a Triton model repository at `repo` from the export in `export_dir`;
     returns the model names written. Earlier digit-reader models in `repo` that this export
