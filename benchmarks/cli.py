@@ -14,24 +14,29 @@ from pathlib import Path
 
 import click
 
-from digit_reader.export.defaults import FILES
-from digit_reader.runtime.command import Group, positive_ints
+from digit_reader.runtime.command import Group, device_option, positive_ints
+from digit_reader.runtime.contract import ENGINE_LABELS, ENGINE_PRECISIONS, Form
 from digit_reader.runtime.errors import UserError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 RUN_OR_CHECKPOINT = click.Path(exists=True, path_type=Path)
 OUT_DIR = click.Path(file_okay=False, path_type=Path)
-FORMS = [f"{backend} {precision}" for backend in ("onnxruntime", "TensorRT") for precision in FILES]
+FORMS = [Form(e, p).label for e, precisions in ENGINE_PRECISIONS.items() for p in precisions]
 EXPORT_DIR_OPTION = click.option(
     "--export", "export_dir", required=True, type=EXISTING_DIR, help="digit-export directory."
 )
-ONNX_FORMS_OPTION = click.option(
+CPU_FORMS_OPTION = click.option(
     "--backend",
     "forms",
     multiple=True,
-    type=click.Choice([f for f in FORMS if f.startswith("onnxruntime")]),
-    help="Only these forms (repeatable) [default: every ONNX form of the export].",
+    type=click.Choice([f for f in FORMS if not f.startswith(ENGINE_LABELS["tensorrt"])]),
+    callback=lambda ctx, param, value: {Form.parse(v) for v in value},
+    help="Only these forms (repeatable) [default: every CPU form of the export].",
 )
+
+
+def run_option(text: str):
+    return click.option("--run", "run_dir", required=True, type=RUN_OR_CHECKPOINT, help=text)
 
 
 @click.group(cls=Group)
@@ -46,13 +51,7 @@ def _exit(fn, *args) -> None:
 
 
 @main.command()
-@click.option(
-    "--run",
-    "run_dir",
-    required=True,
-    type=RUN_OR_CHECKPOINT,
-    help="digit-train run directory (or checkpoint): the PyTorch reference.",
-)
+@run_option("digit-train run directory (or checkpoint): the PyTorch reference.")
 @click.option(
     "--export",
     "export_dir",
@@ -68,7 +67,7 @@ def _exit(fn, *args) -> None:
 )
 @click.option("--split", default="valid", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Only the first N images of the split.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option("Where PyTorch and the exported forms run")
 @click.option(
     "--out", type=OUT_DIR, help="Where parity.json / parity.md go [default: the export directory]."
 )
@@ -99,6 +98,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     "forms",
     multiple=True,
     type=click.Choice(FORMS),
+    callback=lambda ctx, param, value: {Form.parse(v) for v in value},
     help="Only these forms (repeatable) [default: all; PyTorch eager always].",
 )
 @click.option("--batch", "batches", default="1,8,32", show_default=True, callback=positive_ints)
@@ -115,7 +115,7 @@ def parity(run_dir, export_dir, data, split, limit, device, out):
     help="Keep timing each row at least this long.",
 )
 @click.option("--data", type=EXISTING_DIR, help="HW2-layout root for images [default: synthetic].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@device_option("Where PyTorch and the exported forms run")
 @click.option(
     "--out",
     type=OUT_DIR,
@@ -125,12 +125,12 @@ def latency(export_dir, run_dir, forms, batches, iters, seconds, data, device, o
     """Latency and throughput per form, precision and batch, model-only and end to end."""
     from digit_reader.benchmarks import latency as bench
 
-    _exit(bench.main, export_dir, run_dir, set(forms), batches, iters, seconds, data, device, out)
+    _exit(bench.main, export_dir, run_dir, forms, batches, iters, seconds, data, device, out)
 
 
 @main.command()
 @EXPORT_DIR_OPTION
-@ONNX_FORMS_OPTION
+@CPU_FORMS_OPTION
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1))
 @click.option(
     "--runs",
@@ -151,12 +151,12 @@ def profile(export_dir, forms, batch, runs, as_is, data, out):
     ran in integer kernels (its profiler and optimized graph)."""
     from digit_reader.benchmarks import profile as bench
 
-    _exit(bench.main, export_dir, set(forms), batch, runs, data, as_is, out)
+    _exit(bench.main, export_dir, forms, batch, runs, data, as_is, out)
 
 
 @main.command()
 @EXPORT_DIR_OPTION
-@ONNX_FORMS_OPTION
+@CPU_FORMS_OPTION
 @click.option("--batch", "batches", default="1,8", show_default=True, callback=positive_ints)
 @click.option("--data", type=EXISTING_DIR, help="HW2-layout root for images [default: synthetic].")
 @click.option(
@@ -168,7 +168,21 @@ def memory(export_dir, forms, batches, data, out):
     """Peak resident memory per ONNX form and batch on the CPU, each in a fresh process."""
     from digit_reader.benchmarks import memory as bench
 
-    _exit(bench.main, export_dir, set(forms), batches, data, out)
+    _exit(bench.main, export_dir, forms, batches, data, out)
+
+
+@main.command()
+@run_option("digit-train run directory (or checkpoint).")
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=positive_ints)
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(1))
+@device_option("Where the model runs")
+@click.option("--out", type=OUT_DIR, help="Where eager.json / eager.md go [default: the run].")
+def eager(run_dir, batches, iters, device, out):
+    """The PyTorch model's own latency (fp32 with TF32 off; on CUDA also fp16 autocast): the
+    baseline an exported engine must beat, without an export."""
+    from digit_reader.benchmarks import eager_latency as bench
+
+    _exit(bench.main, run_dir, batches, iters, device, out)
 
 
 @main.command("read-speed")
@@ -226,10 +240,19 @@ def train_speed(data, steps, repeats, batch, to_accuracy, out, from_run, threads
 def report(result):
     """The Markdown of a saved result JSON (parity, latency, profile, memory, triton-load,
     ray-speed; e.g. after a format change)."""
-    from digit_reader.benchmarks import latency, memory, parity, profile, ray_speed, triton_load
+    from digit_reader.benchmarks import (
+        eager_latency,
+        latency,
+        memory,
+        parity,
+        profile,
+        ray_speed,
+        triton_load,
+    )
 
     data = json.loads(result.read_text(encoding="utf-8"))
     render = {
+        "eager": eager_latency.markdown,
         "parity": parity.markdown,
         "latency": latency.markdown,
         "profile": profile.markdown,
@@ -251,3 +274,7 @@ def _add_standalone_commands() -> None:
 
 
 _add_standalone_commands()
+
+
+if __name__ == "__main__":
+    main()

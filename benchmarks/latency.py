@@ -17,7 +17,6 @@ on the CPU the report says how much of the Conv/Gemm/MatMul work ran in integer 
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,22 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from digit_reader.benchmarks import ort_profile
-from digit_reader.benchmarks.forms import Form, exported_forms
-from digit_reader.benchmarks.machine import machine, matmul_rates
+from digit_reader.benchmarks import inputs, ort_profile
+from digit_reader.benchmarks.forms import exported_forms
+from digit_reader.benchmarks.machine import describe_machine, machine, matmul_rates
 from digit_reader.benchmarks.report import markdown_table, write
-from digit_reader.export.parity import EagerBackend
+from digit_reader.runtime.console import err
+from digit_reader.runtime.contract import CARD_NAME, EAGER, ENGINE_LABELS, Form, resolve_device
 from digit_reader.runtime.decode import DEFAULT_THRESHOLD
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
-from digit_reader.runtime.reader import decode_outputs, open_backend, prepare
+from digit_reader.runtime.modelcard import ModelCard
+from digit_reader.runtime.reader import decode_outputs
 from digit_reader.train import checkpoint, samples
+from digit_reader.train.eager import EagerBackend
 
 WARMUP = 2
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def conv_linear_macs(model, canvas: tuple[int, int]) -> int:
@@ -96,84 +93,38 @@ def _stats(times: list[float], batch: int) -> dict:
     }
 
 
-def measure(backend, paths, canvas, sharpen, batch: int, iters: int, seconds) -> dict:
-    files = [paths[i % len(paths)] for i in range(batch)]
-    ready = [prepare(p, canvas, sharpen) for p in files]
-    canv = np.ascontiguousarray(np.stack([p.canvas for p in ready]))
+def measure(backend, paths, card, batch: int, iters: int, seconds) -> dict:
+    files = inputs.batch_of(paths, batch)
+    canv = inputs.canvases(card, files)
     model_only = _timed(lambda: backend(canv), iters, seconds)
 
     def end_to_end():
-        prepared = [prepare(p, canvas, sharpen) for p in files]
-        images = np.ascontiguousarray(np.stack([p.canvas for p in prepared]))
-        decode_outputs(backend(images), prepared, DEFAULT_THRESHOLD)
+        ready = inputs.prepared(card, files)
+        images = np.ascontiguousarray(np.stack([p.canvas for p in ready]))
+        decode_outputs(backend(images), ready, DEFAULT_THRESHOLD)
 
     e2e = _timed(end_to_end, iters, seconds)
     return {"model": _stats(model_only, batch), "end_to_end": _stats(e2e, batch)}
 
 
 def run(export_dir, run_dir, forms_wanted, batches, iters, seconds, data, device) -> dict:
+    device = resolve_device(device, torch.cuda.is_available())
+    card = ModelCard.load(export_dir / CARD_NAME)
     with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
         paths, origin = samples.sample_paths(data, max(batches), cache_dir=Path(tmp))
-        return _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, device) | {
-            "images": origin
-        }
-
-
-def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, device) -> dict:
-    card = ModelCard.load(export_dir / CARD_NAME)
-    source = Path(run_dir) if run_dir else Path(card.source_checkpoint.get("path", ""))
-    _log(f"latency: {len(paths)} images, canvas {card.canvas}, batches {batches}")
-    rows, floor = [], None
-    forms: list[tuple[str, str, object | None, str | None]] = []
-    if source.exists():
-        model, cfg = checkpoint.load_model(source, device)
-        forms.append(
-            ("PyTorch eager", "fp32", EagerBackend(model, card.max_detections, device), None)
-        )
-        macs = conv_linear_macs(model, card.canvas)
-        rates = matmul_rates()
-        rate = max(rates.values())
-        floor = {
-            "gmacs": macs / 1e9,
-            "matmul_gflops": rate,
-            "matmul_by_library": rates,
-            "ms_per_image": 2 * macs / rate / 1e6,
-        }
-    else:
-        forms.append(("PyTorch eager", "fp32", None, f"no checkpoint at {source} (pass --run)"))
-    for form in exported_forms(export_dir, device):
-        if forms_wanted and form.name not in forms_wanted:
-            continue
-        forms.append((form.name, form.precision, form, form.skip))
-    baseline, integer = {}, {}
-    for name, precision, backend, skip in forms:
-        if skip:
-            rows.append({"form": name, "precision": precision, "status": f"skipped: {skip}"})
-            _log(f"latency: {name} skipped: {skip}")
-            continue
-        if isinstance(backend, Form):
-            if name == "onnxruntime int8" and device == "cpu":
-                _log(f"latency: {name}: integer kernels (ONNX Runtime's profiler, batch 1)")
-                canvas = prepare(paths[0], card.canvas, card.sharpen).canvas[None]
-                integer[name] = ort_profile.profile(backend.path, "int8", canvas, runs=1)
-            backend = open_backend(backend.path, card.files[backend.path.name], device)
-        for batch in batches:
-            limit = getattr(backend, "max_batch", None)
-            if limit and batch > limit:
-                rows.append({"form": name, "batch": batch, "status": f"skipped: max batch {limit}"})
+        err(f"latency: {len(paths)} images, canvas {card.canvas}, batches {batches}")
+        source = Path(run_dir) if run_dir else Path(card.source_checkpoint.get("path", ""))
+        forms, floor = _forms(export_dir, source, card, forms_wanted, device)
+        rows, integer = [], {}
+        for form, opener, skip in forms:
+            if skip:
+                rows.append(_labels(form) | {"status": f"skipped: {skip}"})
+                err(f"latency: {form.label} skipped: {skip}")
                 continue
-            _log(f"latency: {name} batch {batch}")
-            r = measure(backend, paths, card.canvas, card.sharpen, batch, iters, seconds)
-            row = {"form": name, "precision": precision, "batch": batch, "status": "ok", **r}
-            if name == "PyTorch eager":
-                baseline[batch] = row
-            base = baseline.get(batch)
-            if base:
-                for part in ("model", "end_to_end"):
-                    row[part]["vs_eager"] = row[part]["p50_ms"] / base[part]["p50_ms"]
-            if floor:
-                row["model"]["vs_floor"] = row["model"]["per_image_p50_ms"] / floor["ms_per_image"]
-            rows.append(row)
+            if (form.engine, form.precision, device) == ("onnxruntime", "int8", "cpu"):
+                integer[form.label] = _integer_share(export_dir / form.file, paths[0], card)
+            rows += [_row(form, opener, batch, paths, card, iters, seconds) for batch in batches]
+    _ratios(rows, floor)
     return {
         "benchmark": "latency",
         "export": str(export_dir),
@@ -183,8 +134,78 @@ def _run(export_dir, run_dir, forms_wanted, batches, iters, seconds, paths, devi
         "floor": floor,
         "rows": rows,
         "integer": integer,
+        "images": origin,
         "machine": machine() | {"torch_threads": torch.get_num_threads()},
     }
+
+
+def _forms(export_dir: Path, source: Path, card, wanted: set, device: str):
+    """([(form, opener(batch) -> Backend, why skipped)] with PyTorch eager first, the floor)."""
+    if not source.exists():
+        eager = [(EAGER, None, f"no checkpoint at {source} (pass --run)")]
+        floor = None
+    else:
+        model, _ = checkpoint.load_model(source, device)
+        eager = [(EAGER, lambda batch: EagerBackend(model, card.max_detections, device), None)]
+        floor = _floor(model, card.canvas)
+    exported = [
+        (c.form, lambda batch, c=c: c.open(card, device, batch), c.skip)
+        for c in exported_forms(export_dir, device)
+        if not wanted or any(c.form.same_kind(w) for w in wanted)
+    ]
+    return eager + exported, floor
+
+
+def _floor(model, canvas) -> dict:
+    """The model's conv and matmul FLOPs at the fastest fp32 matmul rate measured here."""
+    macs = conv_linear_macs(model, canvas)
+    rates = matmul_rates()
+    rate = max(rates.values())
+    return {
+        "gmacs": macs / 1e9,
+        "matmul_gflops": rate,
+        "matmul_by_library": rates,
+        "ms_per_image": 2 * macs / rate / 1e6,
+    }
+
+
+def _integer_share(path: Path, image: Path, card) -> dict:
+    err("latency: onnxruntime int8: integer kernels (ONNX Runtime's profiler, batch 1)")
+    return ort_profile.profile(path, "int8", inputs.canvases(card, [image]), runs=1)
+
+
+def _row(form: Form, opener, batch: int, paths, card, iters: int, seconds) -> dict:
+    """One form at one batch size, opened as digit-read opens it at that batch (OpenVINO's
+    hint follows the batch) and closed afterwards: no other engine's model is alive while one
+    is timed."""
+    backend = opener(batch)
+    try:
+        limit = getattr(backend, "max_batch", None)
+        if limit and batch > limit:
+            return _labels(form) | {"batch": batch, "status": f"skipped: max batch {limit}"}
+        err(f"latency: {form.label} batch {batch}")
+        r = measure(backend, paths, card, batch, iters, seconds)
+    finally:
+        backend.close()
+    return _labels(form) | {"batch": batch, "status": "ok", **r}
+
+
+def _labels(form: Form) -> dict:
+    return {"form": form.label, "engine": form.engine, "precision": form.precision}
+
+
+def _ratios(rows: list[dict], floor: dict | None) -> None:
+    """Each row against the eager row of its batch, and the model call against the floor."""
+    eager = {r["batch"]: r for r in rows if r["form"] == EAGER.label and r["status"] == "ok"}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        base = eager.get(row["batch"])
+        if base:
+            for part in ("model", "end_to_end"):
+                row[part]["vs_eager"] = row[part]["p50_ms"] / base[part]["p50_ms"]
+        if floor:
+            row["model"]["vs_floor"] = row["model"]["per_image_p50_ms"] / floor["ms_per_image"]
 
 
 HEADERS = [
@@ -228,9 +249,7 @@ def markdown(result: dict) -> str:
     mach, f = result["machine"], result["floor"]
     head = (
         f"Latency at canvas {result['canvas'][0]}x{result['canvas'][1]} on {result['device']} "
-        f"({mach['cpu']}, {mach['cores']} cores"
-        + (f", {mach['gpu']}" if mach["gpu"] else "")
-        + ")."
+        f"({describe_machine(mach)})."
     )
     if f:
         by = f.get("matmul_by_library") or {"torch": f["matmul_gflops"]}  # older reports: torch
@@ -244,20 +263,41 @@ def markdown(result: dict) -> str:
     return head + "\n\n" + markdown_table(HEADERS, table) + "".join(f"\n\n{n}" for n in notes)
 
 
+def _p50(rows: list[dict]) -> dict:
+    """(engine, precision, batch) -> model-call p50 ms of every row that ran."""
+    return {
+        (r["engine"], r["precision"], r["batch"]): r["model"]["p50_ms"]
+        for r in rows
+        if r["status"] == "ok" and "engine" in r
+    }
+
+
+def _ratio_line(p50: dict, title: str, top: tuple, bottom: tuple) -> str | None:
+    """ "title: batch 1 0.80x, ..." for (engine, precision) `top` over `bottom`, where both ran."""
+    pairs = [
+        (batch, ms / p50[(*bottom, batch)])
+        for (engine, precision, batch), ms in p50.items()
+        if (engine, precision) == top and (*bottom, batch) in p50
+    ]
+    if not pairs:
+        return None
+    return f"{title} (p50): " + ", ".join(f"batch {b} {r:.2f}x" for b, r in pairs) + "."
+
+
 def int8_ratios(rows: list[dict]) -> list[str]:
-    """One line per backend with an int8 row: its model call over fp32's, batch by batch."""
-    p50 = {(r["form"], r["batch"]): r["model"]["p50_ms"] for r in rows if r["status"] == "ok"}
-    lines = []
-    for backend in ("onnxruntime", "TensorRT"):
-        pairs = [
-            (batch, ms / p50[(f"{backend} fp32", batch)])
-            for (form, batch), ms in p50.items()
-            if form == f"{backend} int8" and (f"{backend} fp32", batch) in p50
-        ]
-        if pairs:
-            shown = ", ".join(f"batch {b} {ratio:.2f}x" for b, ratio in pairs)
-            lines.append(f"{backend} int8 model call / fp32 (p50): {shown}.")
-    return lines
+    """One line per engine with an int8 row: its model call over fp32's, batch by batch; and
+    OpenVINO's model call over ONNX Runtime's in each precision, bf16 over ONNX Runtime fp32."""
+    p50 = _p50(rows)
+    lines = [
+        _ratio_line(p50, f"{ENGINE_LABELS[e]} int8 model call / fp32", (e, "int8"), (e, "fp32"))
+        for e in ("onnxruntime", "openvino", "tensorrt")
+    ]
+    for precision in ("fp32", "int8"):
+        title = f"OpenVINO {precision} model call / onnxruntime {precision}"
+        lines.append(_ratio_line(p50, title, ("openvino", precision), ("onnxruntime", precision)))
+    title = "OpenVINO bf16 model call / onnxruntime fp32"
+    lines.append(_ratio_line(p50, title, ("openvino", "bf16"), ("onnxruntime", "fp32")))
+    return [line for line in lines if line]
 
 
 def main(export_dir, run_dir, forms, batches, iters, seconds, data, device, out) -> int:
@@ -267,5 +307,5 @@ def main(export_dir, run_dir, forms, batches, iters, seconds, data, device, out)
     md = markdown(result)
     js, mdp = write(out or export_dir, "latency", result, md)
     print(md)
-    _log(f"latency: wrote {js} and {mdp}")
+    err(f"latency: wrote {js} and {mdp}")
     return 0

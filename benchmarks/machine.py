@@ -8,7 +8,18 @@ import platform
 import time
 from pathlib import Path
 
-LIBRARIES = ("torch", "torchvision", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "numpy")
+LIBRARIES = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnx",
+    "openvino",
+    "tensorrt",
+    "numpy",
+)
+# the vector extensions int8 and bf16 speed depend on, as /proc/cpuinfo names them
+ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_name() -> str:
@@ -19,6 +30,28 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> list[str]:
+    """Which of ISA this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in ISA if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def describe_machine(m: dict) -> str:
+    """A result's machine in one phrase: "AMD EPYC, 2 cores, avx2[, the GPU]"."""
+    parts = [m["cpu"], f"{m['cores']} cores"]
+    if m.get("isa"):
+        parts.append(" ".join(m["isa"]))
+    if m.get("gpu"):
+        parts.append(m["gpu"])
+    return ", ".join(parts)
 
 
 def gpu_name() -> str | None:
@@ -39,6 +72,7 @@ def machine() -> dict:
     return {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
+        "isa": cpu_isa(),
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "versions": versions,

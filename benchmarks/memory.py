@@ -1,8 +1,9 @@
-"""`digit-bench memory`: how much memory each ONNX form of an export needs on the CPU.
+"""`digit-bench memory`: how much memory each CPU form of an export (ONNX Runtime, OpenVINO)
+needs.
 
-Each form and batch size runs in a fresh process (the reader's ONNX Runtime backend, so int8
-gets its CPU form, one batch of real canvases), which reports its resident set after loading
-and its peak: measured in one process after another, a form's peak would hide behind the
+Each form and batch size runs in a fresh process (the backend digit-read opens, so int8 on ONNX
+Runtime gets its CPU form; one batch of real canvases), which reports its resident set after
+loading and its peak: measured in one process after another, a form's peak would hide behind the
 previous one's, and allocators keep what they took.
 """
 
@@ -17,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from digit_reader.benchmarks.forms import onnx_forms
-from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks import inputs
+from digit_reader.benchmarks.forms import cpu_forms
+from digit_reader.benchmarks.machine import describe_machine, machine
 from digit_reader.benchmarks.report import markdown_table, write
+from digit_reader.runtime.console import err
+from digit_reader.runtime.contract import CARD_NAME, Form
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
+from digit_reader.runtime.modelcard import ModelCard
 
 HEADERS = ["form", "batch", "after load MB", "peak MB", "peak MB per image"]
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _rss_mb() -> float:
@@ -44,12 +44,13 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(path: Path, precision: str, canvases: Path) -> dict:
+def measure(path: Path, engine: str, precision: str, canvases: Path) -> dict:
     """In this process: load the form, run one batch; the peak resident set before and after."""
-    from digit_reader.runtime.ort_backend import OrtBackend
+    from digit_reader.benchmarks.forms import Candidate
 
     images = np.load(canvases)
-    backend = OrtBackend(path, "cpu", precision=precision, log=lambda _: None)
+    card = ModelCard.load(path.parent / CARD_NAME)
+    backend = Candidate(Form(engine, precision, path.name), path).open(card, "cpu", len(images))
     loaded = _rss_mb()
     backend(images)
     return {"after_load_mb": loaded, "peak_mb": _rss_mb()}
@@ -59,24 +60,25 @@ def run(export_dir: Path, wanted: set, batches: list[int], data) -> dict:
     from digit_reader.train import samples
 
     card = ModelCard.load(export_dir / CARD_NAME)
-    forms = onnx_forms(export_dir, wanted)
+    forms = cpu_forms(export_dir, wanted)
     if not forms:
-        raise UserError(f"{export_dir}: no ONNX form to measure (asked for {sorted(wanted)})")
+        raise UserError(
+            f"{export_dir}: no ONNX form to measure (asked for {sorted(f.label for f in wanted)})"
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
         paths, origin = samples.sample_paths(data, max(batches), cache_dir=Path(tmp))
         for batch in batches:
             canvases = Path(tmp) / f"canvases-{batch}.npy"
-            picked = [paths[i % len(paths)] for i in range(batch)]
-            np.save(canvases, samples.canvases(picked, card.canvas))
-            for form in forms:
-                _log(f"memory: {form.name} batch {batch}")
-                args = [str(form.path), form.precision, str(canvases)]
+            np.save(canvases, inputs.canvases(card, inputs.batch_of(paths, batch)))
+            for c in forms:
+                err(f"memory: {c.form.label} batch {batch}")
+                args = [str(c.path), c.form.engine, c.form.precision, str(canvases)]
                 cmd = [sys.executable, "-m", "digit_reader.benchmarks.memory", *args]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode:
-                    raise UserError(f"memory: {form.name} batch {batch} failed: {done.stderr}")
-                rows.append({"form": form.name, "batch": batch, **json.loads(done.stdout)})
+                    raise UserError(f"memory: {c.form.label} batch {batch} failed: {done.stderr}")
+                rows.append({"form": c.form.label, "batch": batch, **json.loads(done.stdout)})
     return {
         "benchmark": "memory",
         "export": str(export_dir),
@@ -100,8 +102,8 @@ def markdown(result: dict) -> str:
     ]
     m = result["machine"]
     head = (
-        f"Peak resident memory of one process per form and batch (ONNX Runtime, CPU) at canvas "
-        f"{result['canvas'][0]}x{result['canvas'][1]} ({m['cpu']}, {m['cores']} cores): after "
+        f"Peak resident memory of one process per form and batch (CPU) at canvas "
+        f"{result['canvas'][0]}x{result['canvas'][1]} ({describe_machine(m)}): after "
         f"loading the model, and after one batch."
     )
     return head + "\n\n" + markdown_table(HEADERS, table)
@@ -114,9 +116,9 @@ def main(export_dir, forms, batches, data, out) -> int:
     md = markdown(result)
     js, mdp = write(out or export_dir, "memory", result, md)
     print(md)
-    _log(f"memory: wrote {js} and {mdp}")
+    err(f"memory: wrote {js} and {mdp}")
     return 0
 
 
-if __name__ == "__main__":  # the measuring child: FILE PRECISION CANVASES.npy
-    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]))))
+if __name__ == "__main__":  # the measuring child: FILE ENGINE PRECISION CANVASES.npy
+    print(json.dumps(measure(Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4]))))

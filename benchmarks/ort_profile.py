@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from digit_reader.runtime.modelcard import INPUT_NAME
 from digit_reader.runtime.ort_backend import OrtBackend
 
 # integer kernels computing a Conv/Gemm/MatMul -> index of their (int8/uint8) weight input
@@ -123,8 +122,8 @@ def profile(
             configure=configure,
         )
         for _ in range(runs + 1):
-            backend.session.run(None, {INPUT_NAME: canvases})
-        events = json.loads(Path(backend.session.end_profiling()).read_text(encoding="utf-8"))
+            backend(canvases)
+        events = json.loads(Path(backend.end_profiling()).read_text(encoding="utf-8"))
         graph = onnx.load(str(optimized)).graph
     kernels = _node_events(events, 1)
     by_op: dict[str, float] = collections.defaultdict(float)

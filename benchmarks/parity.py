@@ -4,39 +4,45 @@ Each form reads the images through the deployed path (runtime.Reader: decode, le
 graph, threshold, sort) and is compared with the eager model evaluated as training evaluates
 it (train.evaluate), both in original-image pixels: whole-number accuracy and COCO mAP against
 the labels, the share of images whose number equals PyTorch's, and matched-box and score
-deviations (export.parity's matching). A split without labels (HW2's test/ has no test.json)
+deviations (runtime/agreement.py's matching). A split without labels (HW2's test/ has no test.json)
 gives the agreement and deviations only: accuracy and mAP are None ("n/a"). The gate follows
 MMDeploy's regression idea but per image: an fp32 form must agree with PyTorch on every image
 (numbers identical, boxes within 0.5 px, scores within 1e-3); an fp16 form on at least 99 % of
-the numbers; an int8 form on at least 98 %, and (with labels) its accuracy at most 1 point
-below PyTorch's. An int8 graph runs as the reader runs it: on the CPU, in its CPU form.
+the numbers, a bf16 form (OpenVINO) too; an int8 form on at least 98 %, and (with labels) its
+accuracy at most 1 point below PyTorch's: runtime.contract's rule, the export gate's. An int8
+graph runs as the reader runs it: on ONNX Runtime's CPU provider, in its CPU form.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from digit_reader.benchmarks.forms import exported_forms
-from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks.forms import Candidate, exported_forms
+from digit_reader.benchmarks.machine import describe_machine, machine
 from digit_reader.benchmarks.report import markdown_table, write
-from digit_reader.export import parity
-from digit_reader.export.defaults import (
+from digit_reader.runtime.agreement import describe, measure, prove_ties
+from digit_reader.runtime.console import err
+from digit_reader.runtime.contract import (
     BOX_TOL_PX,
-    FP16_MIN_AGREEMENT,
-    INT8_MAX_ACCURACY_DROP,
-    INT8_MIN_AGREEMENT,
+    CARD_NAME,
+    EAGER,
+    PRECISIONS,
     SCORE_TOL,
+    parity_rule,
+    resolve_device,
+    verdict,
 )
 from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
+from digit_reader.runtime.modelcard import ModelCard
 from digit_reader.runtime.reader import Reader
 from digit_reader.train import checkpoint, config, evaluate
 from digit_reader.train.data.hw2 import load_split
+from digit_reader.train.eager import fp32_reference, without_nms
 
 HEADERS = [
     "form",
@@ -49,10 +55,6 @@ HEADERS = [
     "score dev max",
     "size MB",
 ]
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 NOT_SCORED = {"accuracy": None, "map": None, "map50": None}
@@ -69,66 +71,22 @@ def run(
 ):
     """The parity result; with `pictures`, also one PNG per image and form where the form's
     number differs from PyTorch's, in pictures/<form>/ (PyTorch left, the form right)."""
+    device = resolve_device(device, torch.cuda.is_available())
     samples = load_split(data, split)[:limit]
     if not samples:
         raise UserError(f"{data}: split {split!r} has no images", code=2)
     # without {split}.json load_split lists the images with no boxes: nothing to score against
     labelled = (data / f"{split}.json").is_file()
-
-    def scores(dets) -> dict:
-        return evaluate.metrics(dets, samples) if labelled else NOT_SCORED
-
-    ckpt = checkpoint.checkpoint_path(run_dir)
-    parity.fp32_reference()  # no TF32 in the eager reference (nor in ORT's CUDA provider)
-    model, cfg = checkpoint.load_model(ckpt, device)
-    card = ModelCard.load(export_dir / CARD_NAME)
-    if tuple(card.canvas) != tuple(cfg.canvas):
-        raise UserError(
-            f"{export_dir} was exported at canvas {card.canvas}, {ckpt} uses {cfg.canvas}"
-        )
-    tcfg = config.TrainConfig(sharpen=bool(cfg.extra.get("sharpen")), amp=False)
-    _log(f"parity: PyTorch eager on {len(samples)} {split} images")
-    ref = evaluate.predict(model, samples, cfg.canvas, tcfg, torch.device(device))
-    names = [s.path.name for s in samples]
-    rows = [
-        {
-            "form": "PyTorch eager",
-            "status": "reference",
-            **scores(ref),
-            "same_as_pytorch": 1.0,
-            "size_mb": ckpt.stat().st_size / 1e6,
-        }
-    ]
-    for form in exported_forms(export_dir, device):
-        row = {"form": form.name, "precision": form.precision}
-        if form.skip:
-            rows.append(row | {"status": f"skipped: {form.skip}"})
-            _log(f"parity: {form.name} skipped: {form.skip}")
+    ckpt, reference = _reference(run_dir, export_dir, samples, labelled, device)
+    eager = {"form": EAGER.label, "status": "reference", **reference.scores(reference.dets)}
+    rows = [eager | {"same_as_pytorch": 1.0, "size_mb": ckpt.stat().st_size / 1e6}]
+    for candidate in exported_forms(export_dir, device):
+        row = {"form": candidate.form.label, "precision": candidate.form.precision}
+        if candidate.skip:
+            rows.append(row | {"status": f"skipped: {candidate.skip}"})
+            err(f"parity: {candidate.form.label} skipped: {candidate.skip}")
             continue
-        _log(f"parity: {form.name} ({form.path.name})")
-        reader = Reader(form.path, device=device)
-        dets = [p.detections for p in reader.read([s.path for s in samples])]
-        result = parity.measure(ref, dets, names)
-        passed, bad = result.verdict(form.precision, cfg.box_score_thresh)
-        scored = scores(dets)
-        if form.precision == "int8" and labelled:
-            passed &= scored["accuracy"] >= rows[0]["accuracy"] - INT8_MAX_ACCURACY_DROP - 1e-9
-        drawn = _pictures(pictures, form.name, samples, ref, dets, reader.threshold)
-        rows.append(
-            row
-            | {"status": "pass" if passed else "FAIL"}
-            | scored
-            | {
-                "same_as_pytorch": result.agreement,
-                "box_dev_max": result.max_box_dev,
-                "box_dev_mean": result.mean_box_dev,
-                "score_dev_max": result.max_score_dev,
-                "size_mb": form.path.stat().st_size / 1e6,
-                "disagreements": [parity.describe(d) for d in bad[:50]],
-                "pictures": [str(p.relative_to(pictures.parent)) for p in drawn],
-            }
-        )
-    passed = all(r["status"] != "FAIL" for r in rows)
+        rows.append(row | _form_row(candidate, device, reference, eager["accuracy"], pictures))
     return {
         "benchmark": "parity",
         "run": str(ckpt),
@@ -138,17 +96,90 @@ def run(
         "labelled": labelled,
         "images": len(samples),
         "device": device,
-        "rules": {
-            "fp32": f"numbers identical on every image, boxes within {BOX_TOL_PX} px, scores "
-            f"within {SCORE_TOL}",
-            "fp16": f"numbers identical on at least {100 * FP16_MIN_AGREEMENT:.0f} % of images",
-            "int8": f"numbers identical on at least {100 * INT8_MIN_AGREEMENT:.0f} % of images, "
-            f"accuracy at most {100 * INT8_MAX_ACCURACY_DROP:g} point(s) below PyTorch's",
-        },
+        "rules": {p: parity_rule(p).describe() for p in PRECISIONS},
         "rows": rows,
-        "passed": passed,
+        "passed": all(r["status"] != "FAIL" for r in rows),
         "machine": machine(),
     }
+
+
+@dataclass
+class Reference:
+    """The eager model on the split, as training evaluates it (original-image pixels)."""
+
+    model: object
+    cfg: object
+    samples: list
+    labelled: bool
+    dets: list
+    device: str
+
+    def scores(self, dets) -> dict:
+        """Accuracy and mAP against the labels (None without labels)."""
+        return evaluate.metrics(dets, self.samples) if self.labelled else NOT_SCORED
+
+    def predict(self, samples) -> list:
+        tcfg = config.TrainConfig(amp=False)
+        device, cfg = torch.device(self.device), self.cfg
+        return evaluate.predict(self.model, samples, cfg.canvas, tcfg, device, sharpen=cfg.sharpen)
+
+    def before_nms(self, indices: list[int]) -> list:
+        """The eager model's candidates before its final NMS on these images: the evidence
+        of a score tie broken the other way (runtime/agreement.py)."""
+        with without_nms(self.model):
+            return self.predict([self.samples[i] for i in indices])
+
+
+def _reference(run_dir: Path, export_dir: Path, samples, labelled: bool, device: str):
+    """(the checkpoint, the eager model's Reference on the samples)."""
+    ckpt = checkpoint.checkpoint_path(run_dir)
+    fp32_reference()  # no TF32 in the eager reference (nor in ORT's CUDA provider)
+    model, cfg = checkpoint.load_model(ckpt, device)
+    card = ModelCard.load(export_dir / CARD_NAME)
+    if tuple(card.canvas) != tuple(cfg.canvas):
+        raise UserError(
+            f"{export_dir} was exported at canvas {card.canvas}, {ckpt} uses {cfg.canvas}"
+        )
+    err(f"parity: PyTorch eager on {len(samples)} images")
+    reference = Reference(model, cfg, samples, labelled, [], device)
+    reference.dets = reference.predict(samples)
+    return ckpt, reference
+
+
+def _form_row(c: Candidate, device: str, ref: Reference, eager_accuracy, pictures) -> dict:
+    """One form read through the deployed path (runtime.Reader), held to its rule."""
+    err(f"parity: {c.form.label} ({c.path.name})")
+    reader = Reader(c.path, device=device, engine=c.form.engine, precision=c.form.precision)
+    try:
+        dets = [p.detections for p in reader.read([s.path for s in ref.samples])]
+    finally:
+        reader.close()
+    result = measure(ref.dets, dets, [s.path.name for s in ref.samples])
+    if c.form.precision == "fp32":
+        result = prove_ties(result, ref.dets, dets, ref.before_nms, BOX_TOL_PX, SCORE_TOL)
+    scored = ref.scores(dets)
+    rule = parity_rule(c.form.precision)
+    v = verdict(rule, result, ref.cfg.box_score_thresh, scored["accuracy"], eager_accuracy)
+    drawn = _pictures(pictures, c.form.label, ref.samples, ref.dets, dets, reader.threshold)
+    return (
+        {"status": "pass" if v.passed else "FAIL"}
+        | scored
+        | {
+            "same_as_pytorch": result.agreement,
+            "box_dev_max": result.max_box_dev,
+            "box_dev_mean": result.mean_box_dev,
+            "score_dev_max": result.max_score_dev,
+            "size_mb": _size(c.path) / 1e6,
+            "disagreements": [describe(d) for d in v.bad[:50]],
+            "pictures": [str(p.relative_to(pictures.parent)) for p in drawn],
+        }
+    )
+
+
+def _size(path: Path) -> int:
+    """A model's bytes on disk, an OpenVINO IR's weights included."""
+    weights = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (weights.stat().st_size if weights else 0)
 
 
 def _pictures(where: Path | None, form: str, samples, ref, dets, threshold: float) -> list[Path]:
@@ -186,9 +217,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     head = (
         f"Parity on {result['images']} {result['split']} images of {result['data']} "
-        f"({result['device']}; {m['cpu']}, {m['cores']} cores"
-        + (f", {m['gpu']}" if m["gpu"] else "")
-        + "). Boxes in original-image pixels"
+        f"({result['device']}; {describe_machine(m)}). Boxes in original-image pixels"
         + ("" if result.get("labelled", True) else "; no labels: agreement with PyTorch only")
         + f". {'PASS' if result['passed'] else 'FAIL'}."
     )
@@ -211,6 +240,6 @@ def main(run_dir, export_dir, data, split, limit, device, out) -> int:
     print(md)
     for r in result["rows"]:
         for line in r.get("disagreements", [])[:10]:
-            _log(f"{r['form']}: {line}")
-    _log(f"parity: {'passed' if result['passed'] else 'FAILED'}; wrote {js} and {mdp}")
+            err(f"{r['form']}: {line}")
+    err(f"parity: {'passed' if result['passed'] else 'FAILED'}; wrote {js} and {mdp}")
     return 0 if result["passed"] else 1

@@ -6,14 +6,14 @@ why the reader rewrites it for the CPU.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-from digit_reader.benchmarks import ort_profile
-from digit_reader.benchmarks.forms import onnx_forms
-from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks import inputs, ort_profile
+from digit_reader.benchmarks.forms import cpu_forms
+from digit_reader.benchmarks.machine import describe_machine, machine
 from digit_reader.benchmarks.report import markdown_table, write
+from digit_reader.runtime.console import err
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.train import samples
@@ -21,27 +21,27 @@ from digit_reader.train import samples
 TOP = 12  # op types shown; the rest are summed as "other"
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run(export_dir: Path, wanted: set, batch: int, runs: int, data, as_is: bool) -> dict:
     card = ModelCard.load(export_dir / CARD_NAME)
     todo = []
-    for form in onnx_forms(export_dir, wanted):
-        todo.append((form, True))
-        if as_is and form.precision == "int8":
-            todo.append((form, False))
+    for c in cpu_forms(export_dir, wanted):
+        if c.form.engine != "onnxruntime":
+            continue  # ONNX Runtime's profiler: its forms only
+        todo.append((c, True))
+        if as_is and c.form.precision == "int8":
+            todo.append((c, False))
     if not todo:
-        raise UserError(f"{export_dir}: no ONNX form to profile (asked for {sorted(wanted)})")
+        raise UserError(
+            f"{export_dir}: no ONNX form to profile (asked for {sorted(f.label for f in wanted)})"
+        )
     with tempfile.TemporaryDirectory(prefix="digit-bench-") as tmp:
         paths, origin = samples.sample_paths(data, batch, cache_dir=Path(tmp))
-        canvases = samples.canvases([paths[i % len(paths)] for i in range(batch)], card.canvas)
+        canvases = inputs.canvases(card, inputs.batch_of(paths, batch))
         profiles = []
-        for form, cpu_form in todo:
-            _log(f"profile: {form.name}{'' if cpu_form else ' (file as is)'}, batch {batch}")
+        for c, cpu_form in todo:
+            err(f"profile: {c.form.label}{'' if cpu_form else ' (file as is)'}, batch {batch}")
             profiles.append(
-                ort_profile.profile(form.path, form.precision, canvases, runs, None, cpu_form)
+                ort_profile.profile(c.path, c.form.precision, canvases, runs, None, cpu_form)
             )
     return {
         "benchmark": "profile",
@@ -74,7 +74,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     head = (
         f"ONNX Runtime's time by op type at canvas {result['canvas'][0]}x{result['canvas'][1]}, "
-        f"batch {result['batch']} ({m['cpu']}, {m['cores']} cores): ms per run, summed over "
+        f"batch {result['batch']} ({describe_machine(m)}): ms per run, summed over "
         f"each op type's kernels, mean of {result['runs']} runs after a warm-up."
     )
     notes = [ort_profile.integer_line(p["form"], p) for p in profiles]
@@ -88,5 +88,5 @@ def main(export_dir, forms, batch, runs, data, as_is, out) -> int:
     md = markdown(result)
     js, mdp = write(out or export_dir, "profile", result, md)
     print(md)
-    _log(f"profile: wrote {js} and {mdp}")
+    err(f"profile: wrote {js} and {mdp}")
     return 0

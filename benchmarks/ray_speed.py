@@ -8,7 +8,7 @@ Per export (model.onnx on the CPU), each run on the first n images for every n o
 - plain: the Reader digit-read uses (all cores): Reader.iter_read over the images, after the
   model is open (opening it is model_start_s in the JSON).
 - --ray, N actors: the pipeline `digit-read --ray` runs (read stage + actor pool sized by
-  ray_read.plan) on one local Ray instance of every CPU. ray.init is measured once and shown
+  ray_plan.plan) on one local Ray instance of every CPU. ray.init is measured once and shown
   apart; a run's time is from building the dataset to the last row, so it includes starting
   the actors and their ONNX Runtime sessions.
 - From the two sizes: a line time = fixed + n x per-image, so "fixed s" is what a job pays
@@ -29,12 +29,15 @@ from pathlib import Path
 
 import click
 
-from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks.machine import describe_machine, machine
 from digit_reader.benchmarks.report import markdown_table, write
-from digit_reader.runtime import ray_read
-from digit_reader.runtime.cli import collect_inputs
 from digit_reader.runtime.command import Command, positive_ints
 from digit_reader.runtime.errors import UserError
+from digit_reader.runtime.inputs import collect_inputs
+from digit_reader.runtime.ray_cluster import node_resources, start_ray, stop_ray
+from digit_reader.runtime.ray_options import LOCAL
+from digit_reader.runtime.ray_plan import Plan, plan
+from digit_reader.runtime.ray_stages import result_tables
 from digit_reader.runtime.reader import Reader
 
 
@@ -44,12 +47,12 @@ def plain(reader: Reader, files: list[Path]) -> tuple[float, list[str]]:
     return time.perf_counter() - t, numbers
 
 
-def on_ray(export: Path, files: list[Path], batch_size: int, p: ray_read.Plan):
+def on_ray(export: Path, files: list[Path], batch_size: int, p: Plan):
     items = [{"idx": i, "path": str(Path(f).resolve())} for i, f in enumerate(files)]
     kwargs = {"model": str(export.resolve()), "device": "cpu", "batch_size": batch_size}
     numbers: list[str | None] = [None] * len(files)
     t = time.perf_counter()
-    for table in ray_read.result_tables(items, p, batch_size, {**kwargs, "threshold": None}, False):
+    for table in result_tables(items, p, batch_size, {**kwargs, "threshold": None}, False):
         for row in table.to_pylist():
             numbers[row["idx"]] = row["number"]
     return time.perf_counter() - t, numbers
@@ -76,65 +79,30 @@ def measure(
     actors: list[int],
     repeats: int,
 ) -> dict:
-    temp, init_s = ray_read.start_ray(ray_read.LOCAL, None)
+    temp, init_s = start_ray(LOCAL, None)
     import ray
 
     rows = []
     try:
-        node_cpus, gpus = ray_read.node_resources()
+        node_cpus, gpus = node_resources()
         for export in exports:
             t = time.perf_counter()
             reader = Reader(export, device="cpu", batch_size=batch_size)
             start_s = time.perf_counter() - t
-            canvas = "x".join(map(str, reader.canvas))
-            configs = [("plain digit-read", None, None)] + [
-                ("--ray", k, ray_read.plan(node_cpus, gpus, k, "cpu")) for k in actors
-            ]
-            base, want = None, {}
-            for how, k, p in configs:
-                row = {
-                    "export": str(export),
-                    "canvas": canvas,
-                    "how": how,
-                    "actors": k,
-                    "cpus_per_actor": p.num_cpus if p else None,
-                    "ort_threads": p.threads
-                    if p
-                    else reader.backend.session.get_session_options().intra_op_num_threads,
-                    "model_start_s": round(start_s, 3) if p is None else None,
-                    "seconds": {},
-                    "seconds_all": {},
-                }
-                if p is not None:  # warm-up: the first actors of a job start cold
-                    on_ray(export, files[: 2 * batch_size], batch_size, p)
-                for n in sizes:
-                    print(f"ray_speed: {canvas} {how} {k or ''} n={n}", file=sys.stderr, flush=True)
-                    run = (
-                        partial(plain, reader, files[:n])
-                        if p is None
-                        else partial(on_ray, export, files[:n], batch_size, p)
-                    )
-                    median, every, numbers = timed(run, repeats)
-                    if p is None:
-                        want[n] = numbers
-                    elif numbers != want[n]:
-                        raise UserError(f"{export}: --ray with {k} actors read other numbers")
-                    row["seconds"][n], row["seconds_all"][n] = round(median, 3), every
-                seconds = [row["seconds"][n] for n in sizes]
-                fixed, per_image = fit(sizes, seconds)
-                row["images_per_s"] = round(sizes[-1] / seconds[-1], 2)
-                row["fixed_s"] = round(fixed, 3)
-                row["ms_per_image"] = round(1000 * per_image, 3)
-                if p is None:
-                    base = row
-                else:
-                    row["overhead_fixed_s"] = round(fixed - base["fixed_s"], 3)
-                    row["overhead_ms_per_image"] = round(
-                        row["ms_per_image"] - base["ms_per_image"], 3
-                    )
+            plans = [None] + [plan(node_cpus, gpus, k, "cpu") for k in actors]
+            want: dict = {}
+            base = _row(export, reader, None, (files, sizes, batch_size, repeats), want)
+            base["model_start_s"] = round(start_s, 3)
+            rows.append(base)
+            for p in plans[1:]:
+                row = _row(export, reader, p, (files, sizes, batch_size, repeats), want)
+                row["overhead_fixed_s"] = round(row["fixed_s"] - base["fixed_s"], 3)
+                overhead = row["ms_per_image"] - base["ms_per_image"]
+                row["overhead_ms_per_image"] = round(overhead, 3)
                 rows.append(row)
+            reader.close()
     finally:
-        ray_read.stop_ray(temp)
+        stop_ray(temp)
     return {
         "benchmark": "ray_speed",
         "sizes": sizes,
@@ -147,11 +115,49 @@ def measure(
     }
 
 
+def _row(export: Path, reader: Reader, p: Plan | None, work: tuple, want: dict) -> dict:
+    """Plain digit-read (p None) or --ray with plan p over each size, its fit, and a check
+    that --ray reads the same numbers as plain digit-read did (`want`)."""
+    files, sizes, batch_size, repeats = work
+    how = "plain digit-read" if p is None else "--ray"
+    canvas = "x".join(map(str, reader.canvas))
+    row = {
+        "export": str(export),
+        "canvas": canvas,
+        "how": how,
+        "actors": p.actors if p else None,
+        "cpus_per_actor": p.num_cpus if p else None,
+        "ort_threads": p.threads if p else reader.backend.threads,
+        "model_start_s": None,
+        "seconds": {},
+        "seconds_all": {},
+    }
+    if p is not None:  # warm-up: the first actors of a job start cold
+        on_ray(export, files[: 2 * batch_size], batch_size, p)
+    for n in sizes:
+        print(f"ray_speed: {canvas} {how} {row['actors'] or ''} n={n}", file=sys.stderr, flush=True)
+        run = (
+            partial(plain, reader, files[:n])
+            if p is None
+            else partial(on_ray, export, files[:n], batch_size, p)
+        )
+        median, every, numbers = timed(run, repeats)
+        if p is None:
+            want[n] = numbers
+        elif numbers != want[n]:
+            raise UserError(f"{export}: --ray with {p.actors} actors read other numbers")
+        row["seconds"][n], row["seconds_all"][n] = round(median, 3), every
+    fixed, per_image = fit(sizes, [row["seconds"][n] for n in sizes])
+    row["images_per_s"] = round(sizes[-1] / row["seconds"][sizes[-1]], 2)
+    row["fixed_s"], row["ms_per_image"] = round(fixed, 3), round(1000 * per_image, 3)
+    return row
+
+
 def markdown(result: dict) -> str:
     m, sizes = result["machine"], result["sizes"]
     head = (
         f"digit-read vs digit-read --ray, batch {result['batch_size']}, median of "
-        f"{result['repeats']} runs, CPU ({m['cpu']}, {m['cores']} cores); Ray "
+        f"{result['repeats']} runs, CPU ({describe_machine(m)}); Ray "
         f"{result['ray_version']}: starting the local instance took {result['ray_init_s']:.1f} s "
         "(not in the times below)."
     )

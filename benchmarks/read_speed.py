@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from digit_reader.benchmarks.machine import machine
-from digit_reader.runtime.cli import collect_inputs
+from digit_reader.runtime.inputs import collect_inputs
 from digit_reader.runtime.reader import Reader
 
 

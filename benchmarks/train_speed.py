@@ -44,7 +44,7 @@ def plain_loop_images_per_s(data: Path, steps: int, batch: int) -> float:
     model = build_model(mcfg).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    dataset = DigitDataset(samples, mcfg.canvas, tcfg, train=True)
+    dataset = DigitDataset(samples, mcfg.canvas, tcfg, train=True, sharpen=mcfg.sharpen)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate)
     n, t0 = 0, time.perf_counter()
     for images, targets, _ in loader:
@@ -94,7 +94,7 @@ def speed(data: Path, steps: int, repeats: int, batch: int) -> dict:
 
 def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path | None) -> dict:
     """Train nano fully (or read a finished run's metrics.jsonl) and find when it hit `bar`."""
-    from digit_reader.train import engine, presets
+    from digit_reader.train import engine, metrics_log, presets
 
     if done is not None:
         run = done
@@ -107,7 +107,7 @@ def time_to_accuracy(data: Path | None, bar: float, out: Path | None, done: Path
         t0 = time.perf_counter()
         summary = engine.train(spec, progress=True)
         wall = time.perf_counter() - t0
-    epochs = [r for r in engine.read_records(run) if r["type"] == "epoch"]
+    epochs = [r for r in metrics_log.read_records(run) if r["type"] == "epoch"]
     elapsed, reached = 0.0, None
     for r in epochs:
         elapsed += r["train_time_s"] + r["eval_time_s"]

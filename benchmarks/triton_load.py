@@ -29,24 +29,26 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import numpy as np
 
-from digit_reader.benchmarks.machine import machine
+from digit_reader.benchmarks import inputs
+from digit_reader.benchmarks.machine import describe_machine, machine
 from digit_reader.benchmarks.report import markdown_table, write
 from digit_reader.runtime.command import Command, positive_ints
+from digit_reader.runtime.console import err
 from digit_reader.runtime.errors import BackendError, UserError
 from digit_reader.runtime.modelcard import CARD_NAME, ModelCard
 from digit_reader.runtime.reader import Reader, decode_outputs
-from digit_reader.runtime.triton_backend import TritonBackend, check_config, parse_url
+from digit_reader.runtime.triton_backend import TritonBackend
+from digit_reader.runtime.triton_config import check_config
+from digit_reader.runtime.triton_url import parse_url
 
 WARMUP_REQUESTS = 4
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -81,40 +83,27 @@ def server_inferences(backend: TritonBackend) -> tuple[int, int] | None:
         return None
 
 
+@dataclass
+class _Tally:
+    """What the client threads of one run share, under `lock`: the next request number, how
+    often each (request, slot) was answered, the latencies, and what went wrong."""
+
+    counter: Iterator[int] = field(default_factory=itertools.count)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
 def load_run(backend, prepared, reference, clients: int, requests: int, batch: int) -> dict:
     """`requests` batches from `clients` threads; latencies and the exactly-once checks."""
-    n = len(prepared)
-    counter, lock = itertools.count(), threading.Lock()
-    answers: Counter = Counter()
-    latencies, wrong, failed = [], [], []
-
-    def client() -> None:
-        while True:
-            with lock:
-                i = next(counter)
-            if i >= requests:
-                return
-            images = [(i * batch + j) % n for j in range(batch)]
-            t0 = time.perf_counter()
-            try:
-                out = backend(np.stack([prepared[k].canvas for k in images]))
-                preds = decode_outputs(out, [prepared[k] for k in images], backend.card.threshold)
-            except BackendError as e:
-                with lock:
-                    failed.append(f"request {i}: {e}")
-                continue
-            seconds = time.perf_counter() - t0
-            with lock:
-                latencies.append(seconds)
-                for slot, (k, pred) in enumerate(zip(images, preds, strict=True)):
-                    answers[(i, slot)] += 1
-                    ref = reference[k]
-                    same = pred.number == ref.number and pred.boxes.shape == ref.boxes.shape
-                    if not (same and np.allclose(pred.boxes, ref.boxes, atol=1e-3)):
-                        wrong.append(f"request {i} slot {slot}: {pred.number} for {ref.number}")
-
+    tally = _Tally()
+    work = (backend, prepared, reference, tally, requests, batch)
     before = server_inferences(backend)
-    threads = [threading.Thread(target=client, name=f"client-{c}") for c in range(clients)]
+    threads = [
+        threading.Thread(target=_client, args=work, name=f"client-{c}") for c in range(clients)
+    ]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -122,6 +111,50 @@ def load_run(backend, prepared, reference, clients: int, requests: int, batch: i
         t.join()
     wall = time.perf_counter() - t0
     after = server_inferences(backend)
+    return _row(tally, clients, requests, batch, wall, (before, after))
+
+
+def _client(backend, prepared, reference, tally: _Tally, requests: int, batch: int) -> None:
+    """One client thread: take the next request number until `requests` are taken, send its
+    batch (images i*batch.. of the set, cyclic) and record the latency and its answers."""
+    n = len(prepared)
+    while True:
+        with tally.lock:
+            i = next(tally.counter)
+        if i >= requests:
+            return
+        images = [(i * batch + j) % n for j in range(batch)]
+        t0 = time.perf_counter()
+        try:
+            out = backend(np.stack([prepared[k].canvas for k in images]))
+            preds = decode_outputs(out, [prepared[k] for k in images], backend.card.threshold)
+        except BackendError as e:
+            with tally.lock:
+                tally.failed.append(f"request {i}: {e}")
+            continue
+        seconds = time.perf_counter() - t0
+        with tally.lock:
+            tally.latencies.append(seconds)
+            _check_answers(tally, i, images, preds, reference)
+
+
+def _check_answers(tally: _Tally, i: int, images: list[int], preds, reference) -> None:
+    """Count request i's answer in each slot and note any that differs from the local
+    reader's on that image (number, or boxes beyond 1e-3 px): a sign of a crossed answer."""
+    for slot, (k, pred) in enumerate(zip(images, preds, strict=True)):
+        tally.answers[(i, slot)] += 1
+        ref = reference[k]
+        same = pred.number == ref.number and pred.boxes.shape == ref.boxes.shape
+        if not (same and np.allclose(pred.boxes, ref.boxes, atol=1e-3)):
+            tally.wrong.append(f"request {i} slot {slot}: {pred.number} for {ref.number}")
+
+
+def _row(tally: _Tally, clients: int, requests: int, batch: int, wall: float, counts) -> dict:
+    """The run's figures and checks: every (request, slot) answered exactly once, no answer
+    wrong or failed, and the server's inference count (before, after) grown by requests x
+    batch where its statistics could be read."""
+    before, after = counts
+    answers, wrong, failed = tally.answers, tally.wrong, tally.failed
     expected = {(i, s) for i in range(requests) for s in range(batch)}
     lost = sorted(expected - set(answers))
     twice = sorted(k for k, c in answers.items() if c > 1)
@@ -137,8 +170,8 @@ def load_run(backend, prepared, reference, clients: int, requests: int, batch: i
         "failed": len(failed),
         "wall_s": round(wall, 3),
         "images_per_s": round(sum(answers.values()) / wall, 2),
-        "p50_ms": round(1000 * _percentile(latencies, 50), 2),
-        "p99_ms": round(1000 * _percentile(latencies, 99), 2),
+        "p50_ms": round(1000 * _percentile(tally.latencies, 50), 2),
+        "p99_ms": round(1000 * _percentile(tally.latencies, 99), 2),
         "server_inferences": None,
         "server_mean_batch": None,
         "examples": (failed + wrong + [f"lost {k}" for k in lost])[:5],
@@ -165,7 +198,7 @@ def run(
     n_images: int,
     server_threads: int,
 ) -> dict:
-    from digit_reader.export import samples
+    from digit_reader.train import samples
 
     card = ModelCard.load(export_dir / CARD_NAME)
     with contextlib.ExitStack() as stack:
@@ -180,7 +213,7 @@ def run(
                 f"local tritonserver 2.51 (nvidia-pytriton), Python backend running model.onnx "
                 f"with ONNX Runtime, {server_threads} thread(s), one instance, on 127.0.0.1"
             )
-            _log(f"triton-load: {where}; ready in {server.startup_s} s")
+            err(f"triton-load: {where}; ready in {server.startup_s} s")
         else:
             target = parse_url(url)
             urls = {target.protocol: url}
@@ -191,13 +224,13 @@ def run(
             served = f"{backend.target.model} ({backend.file}, {backend.entry['precision']})"
             check_config(backend.config, expected=card, where=model_url)
             local = Reader(export_dir / backend.file, device="cpu", batch_size=8)
-            prepared = [local.prepare(p) for p in paths]
+            prepared = inputs.prepared(card, paths)
             reference = local.infer(prepared)
             for batch in batches:
                 for _ in range(WARMUP_REQUESTS):
                     backend(np.stack([p.canvas for p in prepared[:batch]]))
                 for n in clients:
-                    _log(f"triton-load: {protocol}, {n} client(s), {requests} requests of {batch}")
+                    err(f"triton-load: {protocol}, {n} client(s), {requests} requests of {batch}")
                     row = load_run(backend, prepared, reference, n, requests, batch)
                     rows.append({"protocol": protocol, **row})
             backend.close()
@@ -216,7 +249,7 @@ def markdown(result: dict) -> str:
     m, (h, w) = result["machine"], result["canvas"]
     head = (
         f"Triton load: {result['model']} on {result['server']}; canvas {h}x{w}, "
-        f"images {result['images']} ({m['cpu']}, {m['cores']} cores). "
+        f"images {result['images']} ({describe_machine(m)}). "
         "Latency: send to decoded numbers, per request."
     )
     headers = [
@@ -293,8 +326,8 @@ def main(
     print(md)
     bad = [r for r in result["rows"] if not r["ok"]]
     for r in bad:
-        _log(f"triton-load: {r['protocol']} x{r['clients']} failed its checks: {r['examples']}")
-    _log(f"triton-load: {js} and {mdp}")
+        err(f"triton-load: {r['protocol']} x{r['clients']} failed its checks: {r['examples']}")
+    err(f"triton-load: {js} and {mdp}")
     sys.exit(1 if bad else 0)
 
 

@@ -277,46 +277,13 @@ def start(repo: Path, threads: int = 1, timeout: float = START_TIMEOUT_S) -> Loc
     base = _pytriton_dir() / "tritonserver"
     root = Path("/tmp") if os.access("/tmp", os.W_OK) else Path(tempfile.gettempdir())
     for attempt in range(3):  # a port taken between free_port() and the server's bind: retry
-        workspace = Path(tempfile.mkdtemp(prefix="drt-", dir=root))
-        backend = workspace / "backends" / "python"
-        backend.mkdir(parents=True)
-        for f in (base / "backends" / "python").iterdir():
-            if f.is_file():
-                os.symlink(f, backend / f.name)
-        os.symlink(_stub(), backend / "triton_python_backend_stub")
-        models = serving_repository(repo, workspace / "repo", threads)
+        workspace, models = _workspace(root, base, repo, threads)
         http_port, grpc_port = free_port(), free_port()
         shm_prefix = f"drt{os.getpid()}-{os.urandom(4).hex()}-"
-        env = dict(os.environ)
-        libs = [str(libpython().parent), str(base.parent.parent / "nvidia_pytriton.libs")]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
-            os.pathsep
-        )
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        args = [
-            str(base / "bin" / "tritonserver"),
-            f"--model-repository={workspace / 'repo'}",
-            f"--backend-directory={workspace / 'backends'}",
-            "--http-address=127.0.0.1",
-            f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc_port}",
-            "--allow-metrics=false",
-            "--disable-auto-complete-config",  # serve the config as written
-            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
-            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
-        ]
+        env = _server_env(base)
+        args = _server_args(base, workspace, http_port, grpc_port, shm_prefix)
         t0 = time.perf_counter()
-        with open(workspace / "server.log", "wb") as log:
-            process = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
+        process = _launch(args, env, workspace / "server.log")
         server = LocalTriton(process, http_port, grpc_port, workspace, shm_prefix, models)
         atexit.register(server.stop)
         deadline = time.monotonic() + timeout
@@ -332,6 +299,68 @@ def start(repo: Path, threads: int = 1, timeout: float = START_TIMEOUT_S) -> Loc
         why = "did not get ready" if time.monotonic() >= deadline else "exited"
         raise UserError(f"the local Triton server {why}; its log ends with:\n{tail}", code=1)
     raise AssertionError("unreachable")
+
+
+def _workspace(root: Path, base: Path, repo: Path, threads: int) -> tuple[Path, list[str]]:
+    """(workspace, model names): a fresh short folder under `root` holding the Python backend
+    (its files linked from the wheel, plus the stub for this Python) and the serving
+    repository; one per attempt, since stop() removes it."""
+    workspace = Path(tempfile.mkdtemp(prefix="drt-", dir=root))
+    backend = workspace / "backends" / "python"
+    backend.mkdir(parents=True)
+    for f in (base / "backends" / "python").iterdir():
+        if f.is_file():
+            os.symlink(f, backend / f.name)
+    os.symlink(_stub(), backend / "triton_python_backend_stub")
+    models = serving_repository(repo, workspace / "repo", threads)
+    return workspace, models
+
+
+def _server_env(base: Path) -> dict[str, str]:
+    """Our environment with this interpreter's libpython and the wheel's libraries first on
+    LD_LIBRARY_PATH and this environment's bin first on PATH (why: the module docstring)."""
+    env = dict(os.environ)
+    libs = [str(libpython().parent), str(base.parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs + [env.get("LD_LIBRARY_PATH", "")]).rstrip(
+        os.pathsep
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _server_args(
+    base: Path, workspace: Path, http_port: int, grpc_port: int, shm_prefix: str
+) -> list[str]:
+    """tritonserver's command line: loopback only, metrics off, the config served as written,
+    and a shared-memory prefix of its own so stop() removes only this server's regions."""
+    return [
+        str(base / "bin" / "tritonserver"),
+        f"--model-repository={workspace / 'repo'}",
+        f"--backend-directory={workspace / 'backends'}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--allow-metrics=false",
+        "--disable-auto-complete-config",  # serve the config as written
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+    ]
+
+
+def _launch(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start the server in its own session (so stop() can kill its whole group), its output
+    to `log_path` and never to ours, and dying with this process."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
 
 @contextlib.contextmanager
