@@ -9,13 +9,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from digit_reader.export import exporter, fp16, graph_rules, parity
+from digit_reader.export import exporter, fp16, gate, graph_rules
 from digit_reader.export.graph import DeployableDetector
+from digit_reader.runtime import agreement as parity
+from digit_reader.runtime.contract import FP16_MIN_AGREEMENT, Form, parity_rule, verdict
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import probe
 from digit_reader.train import checkpoint, samples
 from digit_reader.train.data.hw2 import load_split
+from digit_reader.train.eager import eager_detections
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +41,7 @@ def canv(images, model_cfg):
 
 @pytest.fixture(scope="module")
 def eager(model_cfg, canv):
-    return parity.eager_detections(model_cfg[0], canv)
+    return eager_detections(model_cfg[0], canv)
 
 
 def test_the_model_under_test_reads_digits(eager):
@@ -170,7 +173,7 @@ def test_fp16_graph_computes_convolutions_in_fp16_and_post_processing_in_fp32(ex
 def test_fp16_meets_its_bar_in_onnx_runtime_on_the_cpu(export_dir, canv, eager, images):
     got = parity.backend_detections(OrtBackend(export_dir / "model.fp16.onnx", "cpu"), canv)
     result = parity.measure(eager, got, [p.name for p in images])
-    assert result.agreement >= exporter.FP16_MIN_AGREEMENT, result.summary()
+    assert result.agreement >= FP16_MIN_AGREEMENT, result.summary()
     assert 0 < result.max_score_dev < 0.05  # really fp16 (not identical), and close
 
 
@@ -188,11 +191,12 @@ def test_perturbed_graph_fails_the_gate_with_a_per_image_report(
     # every third image as the perturbed graph reads it, the others as the eager model does
     mixed = [g if i % 3 == 0 else e for i, (g, e) in enumerate(zip(got, eager, strict=True))]
     result = parity.measure(eager, mixed, [p.name for p in images])
-    passed, bad = result.verdict("fp32", 0.05)
+    v = verdict(parity_rule("fp32"), result, 0.05)
+    passed, bad = v.passed, v.bad
     failing = [i for i, d in enumerate(result.diffs) if any(d is b for b in bad)]
     assert not passed and failing and all(i % 3 == 0 for i in failing)
     with pytest.raises(exporter.ExportFailed, match="disagrees with the eager model") as e:
-        exporter._gate("onnxruntime fp32", result, "fp32", 0.05)
+        gate.enforce("onnxruntime fp32", parity_rule("fp32"), result, 0.05)
     head, *lines = str(e.value).splitlines()
     assert f"on {len(bad)} of {len(images)} images" in head
     # one line per failing image, each starting with that image's name, in order
@@ -259,9 +263,9 @@ def test_a_failed_gate_draws_the_failing_images_outside_the_export(
 
     names = [p.name for p in images]
     opts = exporter.ExportOptions(export_dir.parent, out=tmp_path / "never")
-    gate = exporter.Gate(names, canv, eager, 0.05, opts)
+    the_gate = exporter.Gate(names, canv, eager, 0.05, opts)
     with pytest.raises(exporter.ExportFailed) as e:
-        gate.check("onnxruntime fp32", Perturbed())
+        the_gate.check(Form("onnxruntime", "fp32"), Perturbed())
     last = str(e.value).splitlines()[-1]
     assert last.startswith("pictures (eager left, onnxruntime fp32 right): ")
     where = Path(last.split(": ", 1)[1])

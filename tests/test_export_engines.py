@@ -11,15 +11,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from digit_reader.export import exporter, parity
+from digit_reader.export import engines, exporter
 from digit_reader.export.cli import main
 from digit_reader.runtime import trt_backend
+from digit_reader.runtime.agreement import backend_detections
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import ModelCard, card_for
 from digit_reader.runtime.ort_backend import OrtBackend
 from digit_reader.runtime.trt_backend import TensorRTProbe, probe
 from digit_reader.train import samples
 from digit_reader.train.data.hw2 import load_split
+from digit_reader.train.eager import eager_detections, fp32_reference
 
 pytestmark = pytest.mark.slow
 GPU_HERE = TensorRTProbe("10.13.0", 1, "Fake GPU", "8.6", problem=None)
@@ -38,7 +40,7 @@ class WrongEngine:
 
     max_batch = 32
 
-    def __init__(self, path, entry):
+    def __init__(self, path, entry, device="cuda"):
         pass
 
     def __call__(self, images):
@@ -58,7 +60,7 @@ def test_a_failed_engine_leaves_a_complete_onnx_export_that_says_why(
     nano_run, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
-    monkeypatch.setattr(exporter, "build_engine", _parser_fails)
+    monkeypatch.setattr(engines, "build_engine", _parser_fails)
     out = tmp_path / "export"
     result = CliRunner().invoke(main, [str(nano_run), "-o", str(out), "--parity-images", "8"])
     assert result.exit_code == 0, result.output
@@ -82,7 +84,7 @@ def test_with_engine_a_failure_leaves_the_directory_as_it_was(
     before = _snapshot(out)
     monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
     monkeypatch.setattr(
-        exporter,
+        engines,
         "build_engine",
         lambda onnx_path, engine_path, *a, **k: engine_path.write_bytes(b"plan"),
     )
@@ -122,12 +124,12 @@ def test_engines_build_and_read_as_the_eager_model_where_the_rule_decides(
     paths = [s.path for s in load_split(synth_root, "valid") + load_split(synth_root, "test")]
     model, cfg = checkpoint.load_model(nano_run)
     canv = samples.canvases(paths, cfg.canvas)
-    parity.fp32_reference()
-    ref = parity.eager_detections(model.cuda(), canv, device="cuda")
+    fp32_reference()
+    ref = eager_detections(model.cuda(), canv, device="cuda")
     clear = [i for i, d in enumerate(ref) if np.all(np.abs(d.scores - 0.5) >= margin)]
     assert len(clear) >= len(paths) // 2, "too few images where the rule decides"
     engine = TensorRTBackend(tmp_path / "model.fp16.engine", card.files["model.fp16.engine"])
-    got = parity.backend_detections(engine, canv)
+    got = backend_detections(engine, canv)
     flips = [paths[i].name for i in clear if got[i].number() != ref[i].number()]
     assert not flips, flips
 
@@ -138,7 +140,7 @@ class OnnxAsEngine:
 
     max_batch = 32
 
-    def __init__(self, path, entry):
+    def __init__(self, path, entry, device="cuda"):
         onnx_path = path.parent / path.read_text()
         precision = "int8" if ".int8." in onnx_path.name else None
         self.run = OrtBackend(onnx_path, "cpu", precision=precision, int8_cpu_form=False)
@@ -158,7 +160,7 @@ def test_int8_engine_is_built_from_the_qdq_graph_and_gated_as_int8(
     nano_run, int8_args, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
-    monkeypatch.setattr(exporter, "build_engine", _build_from)
+    monkeypatch.setattr(engines, "build_engine", _build_from)
     monkeypatch.setattr(trt_backend, "TensorRTBackend", OnnxAsEngine)
     out = tmp_path / "export"
     args = [str(nano_run), "-o", str(out), "--engine", "--parity-images", "8", *int8_args]
@@ -178,11 +180,11 @@ def test_a_failed_int8_engine_keeps_the_whole_onnx_export(
 ):
     """Without --engine: every engine goes, every ONNX graph (int8 and its cache too) stays."""
 
-    def wrong_for_int8(path, entry):
+    def wrong_for_int8(path, entry, device="cuda"):
         return WrongEngine(path, entry) if ".int8." in path.name else OnnxAsEngine(path, entry)
 
     monkeypatch.setattr(exporter, "probe", lambda: GPU_HERE)
-    monkeypatch.setattr(exporter, "build_engine", _build_from)
+    monkeypatch.setattr(engines, "build_engine", _build_from)
     monkeypatch.setattr(trt_backend, "TensorRTBackend", wrong_for_int8)
     out = tmp_path / "export"
     result = CliRunner().invoke(main, [str(nano_run), "-o", str(out), *int8_args])

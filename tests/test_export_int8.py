@@ -13,8 +13,10 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from digit_reader.export import exporter, graph_rules, int8, parity, scopes
+from digit_reader.export import exporter, gate, graph_rules, int8, scopes
 from digit_reader.export.cli import main
+from digit_reader.runtime import agreement as parity
+from digit_reader.runtime.contract import parity_rule
 from digit_reader.runtime.int8_cpu import cpu_form
 from digit_reader.runtime.modelcard import ModelCard, card_for, sha256_of
 from digit_reader.runtime.ort_backend import OrtBackend
@@ -260,9 +262,10 @@ def test_a_bad_calibration_fails_the_gate_names_the_images_and_writes_nothing(
 def test_the_accuracy_rule_fails_on_its_own():
     diffs = [parity.ImageDiff(f"{i}.png", "12", "12", 2) for i in range(50)]
     result = parity.Parity(diffs)
-    exporter._gate("onnxruntime int8", result, "int8", 0.05, 0.98, (0.91, 0.92, 0.01))
+    rule = parity_rule("int8", 0.98, 0.01)
+    gate.enforce("onnxruntime int8", rule, result, 0.05, (0.91, 0.92))
     with pytest.raises(exporter.ExportFailed) as e:
-        exporter._gate("onnxruntime int8", result, "int8", 0.05, 0.98, (0.90, 0.915, 0.01))
+        gate.enforce("onnxruntime int8", rule, result, 0.05, (0.90, 0.915))
     assert "accuracy 0.900 is more than 1 point(s) below the eager model's 0.915" in str(e.value)
     assert "--int8-min-agreement" not in str(e.value)
 

@@ -42,6 +42,9 @@ class StubOrt:
             def get_providers(self):
                 return stub.in_use
 
+            def disable_fallback(self):
+                stub.fallback = False
+
             def get_inputs(self):
                 return [types.SimpleNamespace(shape=["batch", 3, 64, 128])]
 
@@ -183,3 +186,73 @@ def test_unusable_engine_falls_back_to_onnx_and_says_why(
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+
+
+def test_an_old_driver_gets_no_install_hint():
+    """The driver hint's own words mention cuda-python: that is no package to install."""
+    from digit_reader.export.tensorrt_engine import why_no_engine
+
+    hint = trt_backend.cuda_error_text(
+        type("E", (int,), {"name": "cudaErrorInsufficientDriver"})(35)
+    )
+    old_driver = TensorRTProbe("11.4.0", problem=f"CUDA cannot start: {hint}")
+    assert "cuda-python" in old_driver.problem  # the trap: the hint names it
+    assert why_no_engine(old_driver) == old_driver.problem
+    assert "pip install" not in why_no_engine(old_driver)
+    assert "pip install" in why_no_engine(
+        TensorRTProbe("11.4.0", problem="cuda-python is not installed")
+    )
+
+
+def _unloadable_tensorrt(tmp_path, monkeypatch):
+    """A tensorrt package whose import fails as the real one does here: tensorrt-cu13 11.4's
+    __init__ does `from tensorrt_bindings import *`, and tensorrt-cu13-bindings 11.4.0.106
+    without its native libraries raises this ImportError (seen with the real wheel)."""
+    package = tmp_path / "site" / "tensorrt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "raise ImportError('libnvonnxparser.so.11: cannot open shared object file: No such file "
+        "or directory', name='tensorrt')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+
+
+def test_tensorrt_installed_but_unloadable_is_not_called_not_installed(tmp_path, monkeypatch):
+    _unloadable_tensorrt(tmp_path, monkeypatch)
+    found = trt_backend.probe()
+    assert found.problem == (
+        "tensorrt is installed but cannot load: libnvonnxparser.so.11: cannot open shared "
+        "object file: No such file or directory"
+    )
+    with pytest.raises(UserError) as e:
+        trt_backend.import_tensorrt()
+    assert "installed but cannot load: libnvonnxparser.so.11" in str(e.value)
+    assert "not installed" not in str(e.value) and e.value.code == 2
+
+
+def test_tensorrt_absent_is_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import raises ModuleNotFoundError
+    assert trt_backend.probe().problem == "tensorrt is not installed"
+
+
+def test_cuda_sessions_preload_the_nvidia_wheels_libraries(monkeypatch):
+    """onnxruntime-gpu[cuda,cudnn] installs CUDA and cuDNN as wheels; a torch-free process
+    finds them only through onnxruntime.preload_dlls(), which must run before the session."""
+    stub = StubOrt(GPU_BUILD, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    calls = []
+    stub.preload_dlls = lambda: calls.append(stub.requested)
+    monkeypatch.setattr(ort_backend, "import_onnxruntime", lambda: stub)
+    ort_backend.OrtBackend("m.onnx", "cuda")
+    assert calls == [None]  # called once, before any session was asked for
+    ort_backend.OrtBackend("m.onnx", "cpu")
+    assert len(calls) == 1  # not for a CPU session
+
+
+def test_the_gpu_extra_brings_cuda_and_cudnn_for_onnxruntime():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    gpu = pyproject["project"]["optional-dependencies"]["gpu"]
+    assert any(d.startswith("onnxruntime-gpu[cuda,cudnn]>=1.21") for d in gpu), gpu

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from digit_reader.export import graph_rules
+from digit_reader.runtime.cpu_features import int8_saturates
 from digit_reader.runtime.int8_cpu import cpu_form
 
 RNG = np.random.default_rng(0)
@@ -78,10 +79,10 @@ def _ops(path) -> collections.Counter:
     return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
 
 
-def _cpu(model):
+def _cpu(model, unsigned_weights=False):
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    return out, cpu_form(out)
+    return out, cpu_form(out, unsigned_weights)
 
 
 def test_tensorrt_rule_takes_only_symmetric_int8_qdq():
@@ -111,7 +112,12 @@ def test_tensorrt_rule_takes_only_symmetric_int8_qdq():
 
 def test_cpu_form_folds_the_relu_carries_uint8_and_shifts_the_rest():
     model, counts = _cpu(_conv_relu_pool(0.05))
-    assert counts == {"relu_folded": 1, "uint8_carried": 1, "shifted_by_128": 1}
+    assert counts == {
+        "relu_folded": 1,
+        "uint8_carried": 1,
+        "shifted_by_128": 1,
+        "unsigned_weights": 0,
+    }
     ops = collections.Counter(n.op_type for n in model.graph.node)
     assert "Relu" not in ops and ops["QuantizeLinear"] == 3
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -126,10 +132,26 @@ def test_cpu_form_folds_the_relu_carries_uint8_and_shifts_the_rest():
 def test_cpu_form_computes_what_the_file_does_where_int8_does_not_saturate():
     x = RNG.uniform(-4, 4, (1, 8, 6, 6)).astype(np.float32)
     file = _conv_relu_pool(0.2)  # 127 * 0.2 = 25.4: no Relu output reaches it
-    cpu, _ = _cpu(file)
+    cpu, _ = _cpu(file, int8_saturates())  # the form the reader makes on this CPU
     expected = _run(file, x)
     assert 0 < expected.max() < 127 * 0.2
     np.testing.assert_array_equal(_run(cpu, x), expected)
+
+
+def test_without_vnni_the_weights_go_unsigned_and_compute_the_same():
+    """On x86 without VNNI, ONNX Runtime's u8 x s8 kernels saturate a 16-bit intermediate; the
+    CPU form's uint8 weights (zero point 128) hold exactly the same values and do not."""
+    x = RNG.uniform(-4, 4, (1, 8, 6, 6)).astype(np.float32)
+    file = _conv_relu_pool(0.2)
+    cpu, counts = _cpu(file, unsigned_weights=True)
+    assert counts["unsigned_weights"] == 1
+    inits = {t.name: numpy_helper.to_array(t) for t in cpu.graph.initializer}
+    dq = next(n for n in cpu.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+    w, zp = inits[dq.input[0]], inits[dq.input[2]]
+    assert w.dtype == np.uint8 and np.all(zp == 128)
+    weights = {t.name: numpy_helper.to_array(t) for t in file.graph.initializer}
+    assert np.array_equal(w.astype(np.int16) - 128, weights[dq.input[0].removesuffix("_u8")])
+    np.testing.assert_array_equal(_run(cpu, x), _run(file, x))
 
 
 def test_cpu_form_keeps_what_int8_saturates_after_a_relu():

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from digit_reader.runtime import ray_read
+from digit_reader.runtime import ray_options, ray_plan, ray_stages
 from digit_reader.runtime.cli import collect_inputs, main
 from digit_reader.runtime.errors import UserError
-from digit_reader.runtime.ray_read import READ_CPUS, InOrder, ort_threads, plan
+from digit_reader.runtime.ray_plan import READ_CPUS, plan
+from digit_reader.runtime.ray_plan import engine_threads as ort_threads
+from digit_reader.runtime.ray_results import InOrder
 
 HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None and HAS_PYARROW
@@ -67,7 +69,7 @@ def test_plan_takes_the_largest_share_that_fits_any_layout():
             assert sum(int((c - READ_CPUS) * 100 // 5) for c in nodes) < actors  # < 0.05 each
             continue
         assert p.actors == actors and _fits(nodes, p), (nodes, actors, p)
-        bigger = ray_read.Plan(actors, round(p.num_cpus + 0.01, 2), 0)
+        bigger = ray_plan.Plan(actors, round(p.num_cpus + 0.01, 2), 0)
         assert not _fits(nodes, bigger), (nodes, actors, p)
         if len(nodes) == 1:
             assert actors * p.num_cpus + READ_CPUS <= nodes[0] + 1e-9
@@ -118,7 +120,7 @@ def test_in_order_emits_each_index_once_in_input_order():
 )
 def test_the_ray_option_takes_an_optional_address(args, paths, address):
     params = main.make_context("digit-read", list(args)).params  # click's parsing, no run
-    got_paths, settings = ray_read.parse_options(params["paths"], params)
+    got_paths, settings = ray_options.parse_options(params["paths"], params)
     assert got_paths == paths and settings["address"] == address
 
 
@@ -143,7 +145,7 @@ def test_the_read_stage_turns_each_bad_file_into_an_error_row(tmp_path):
     (tmp_path / "2.png").write_bytes(b"")
     paths = [str(good), str(tmp_path / "2.png"), str(tmp_path / "nope.png"), str(tmp_path)]
     paths.append(good.as_uri())  # file:///...: pyarrow's filesystems read URIs
-    out = ray_read.read_files(pa.table({"idx": list(range(5)), "path": paths})).to_pylist()
+    out = ray_stages.read_files(pa.table({"idx": list(range(5)), "path": paths})).to_pylist()
     assert [r["idx"] for r in out] == list(range(5))
     assert [r["data"] for r in out] == [good.read_bytes(), b"", None, None, good.read_bytes()]
     assert [r["error"] for r in out] == [
@@ -209,7 +211,7 @@ def test_reader_threads_cap_onnx_runtime(export_dir):
 
     for threads in (1, 2):
         reader = Reader(export_dir, device="cpu", threads=threads)
-        assert reader.backend.session.get_session_options().intra_op_num_threads == threads
+        assert reader.backend.threads == threads
 
 
 @pytest.mark.slow
@@ -252,6 +254,19 @@ def test_ray_gives_plain_digit_reads_csv_json_and_errors(export_dir, synth_root,
     first = [d for d in coco if d["image_id"] == 1]
     assert [round(s, 5) for s in shards[0]["scores"]] == [d["score"] for d in first]
     assert [d + 1 for d in shards[0]["digits"]] == [d["category_id"] for d in first]
+
+
+@pytest.mark.slow
+@needs_ray
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="no [openvino] extra")
+def test_ray_reads_with_openvino_actors_as_plain_openvino_does(export_dir, synth_root, tmp_path):
+    images = _images(synth_root / "train", tmp_path / "in", 24)
+    want = _plain(images, "--model", export_dir, "--engine", "openvino")
+    args = [images, "--model", export_dir, "--engine", "openvino"]
+    got = _run(_ray_read(*args, "--ray", "--cpus", 2, "--actors", 2, "-b", 4))
+    assert want.exit_code == got.returncode == 0, got.stderr
+    assert got.stdout == want.stdout and len(got.stdout.splitlines()) == 25
+    assert "2 actors x 0.87 CPU (OpenVINO threads 1)" in got.stderr
 
 
 def _map_workers(root: int) -> list[int]:

@@ -16,6 +16,7 @@ from digit_reader.export.tensorrt_engine import (
     why_no_engine,
 )
 from digit_reader.runtime import trt_backend
+from digit_reader.runtime.contract import Backend
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.trt_backend import TensorRTProbe
 
@@ -132,6 +133,10 @@ class FakeCudart:
 
     def cudaGetDeviceCount(self):
         return 0, 1
+
+    def cudaSetDevice(self, device):
+        self.device = device
+        return (0,)
 
     def cudaGetDeviceProperties(self, device):
         return 0, types.SimpleNamespace(name=b"Fake GPU\x00", major=8, minor=6)
@@ -273,6 +278,7 @@ def test_backend_runs_a_batch_through_its_buffers_and_cleans_up(fake_gpu, tmp_pa
     engine.write_bytes(b"plan bytes")
     backend = trt_backend.TensorRTBackend(engine, {"tensorrt": "10.13.0", "gpu": "Fake GPU"})
     assert backend.max_batch == 32 and backend.name == "TensorRT 10.13.0 (Fake GPU)"
+    assert isinstance(backend, Backend) and cudart.device == 0  # cudaSetDevice(0) for "cuda"
     images = np.zeros((3, 3, *CANVAS), np.uint8)
     images[:, 0, 0, 0] = [4, 1, 2]
     out = backend(images)

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from digit_reader.train import distributed, engine
+from digit_reader.train import distributed, engine, run_state
 from digit_reader.train.dataset import ignore_sigint, loader_options
 
 
@@ -18,13 +18,13 @@ def test_a_checkpoint_without_amp_resumes_with_a_fresh_scaler():
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     with pytest.raises(RuntimeError, match="source state dict is empty"):
         torch.amp.GradScaler("cpu", enabled=True).load_state_dict({})  # what used to happen
-    note = engine.restore_scaler(scaler, torch.amp.GradScaler("cpu", enabled=False).state_dict())
+    note = run_state.restore_scaler(scaler, torch.amp.GradScaler("cpu", enabled=False).state_dict())
     assert "fresh gradient scaler" in note
     assert scaler.get_scale() == 65536.0  # a new scaler's scale
     saved = torch.amp.GradScaler("cpu", enabled=True, init_scale=128.0).state_dict()
-    assert engine.restore_scaler(scaler, saved) is None and scaler.get_scale() == 128.0
+    assert run_state.restore_scaler(scaler, saved) is None and scaler.get_scale() == 128.0
     disabled = torch.amp.GradScaler("cpu", enabled=False)  # a CUDA checkpoint resumed on a CPU
-    assert engine.restore_scaler(disabled, saved) is None
+    assert run_state.restore_scaler(disabled, saved) is None
 
 
 def test_a_skipped_amp_step_does_not_warn_about_the_scheduler_and_still_advances_it():
@@ -32,7 +32,7 @@ def test_a_skipped_amp_step_does_not_warn_about_the_scheduler_and_still_advances
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     scaler = torch.amp.GradScaler("cpu", enabled=True)
-    t = engine.Training(model, model, optimizer, scheduler, scaler, 1, 1, True)
+    t = run_state.Training(model, model, optimizer, scheduler, scaler, 1, 1, True)
     loss = model(torch.tensor([[float("inf"), 1.0]])).sum()  # inf gradients: the step is skipped
     before = model.weight.detach().clone()
     with warnings.catch_warnings():

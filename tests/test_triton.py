@@ -23,9 +23,10 @@ from click.testing import CliRunner
 from digit_reader.benchmarks import triton_local
 from digit_reader.export.cli import main as export_main
 from digit_reader.runtime.cli import main as read_main
+from digit_reader.runtime.contract import Backend
 from digit_reader.runtime.modelcard import ModelCard, sha256_of
 from digit_reader.runtime.reader import Reader
-from digit_reader.runtime.triton_backend import PARAM_CANVAS, check_config
+from digit_reader.runtime.triton_config import PARAM_CANVAS, check_config
 
 pytestmark = pytest.mark.slow
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
@@ -352,6 +353,7 @@ def test_load_every_image_answered_exactly_once(server, export_dir, synth_root):
     reference = local.infer(prepared[:8]) + local.infer(prepared[8:])
     for protocol in ("http", "grpc"):
         backend = TritonBackend(server.url("digit_reader", protocol))
+        assert isinstance(backend, Backend)
         row = load_run(backend, prepared, reference, clients=3, requests=10, batch=2)
         backend.close()
         assert row["ok"], row

@@ -11,16 +11,14 @@ from digit_reader.export.triton_repo import _card_io, batching, model_config, mo
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.modelcard import ModelCard
 from digit_reader.runtime.reader import resolve_model
-from digit_reader.runtime.triton_backend import (
+from digit_reader.runtime.triton_backend import describe_failure
+from digit_reader.runtime.triton_config import (
     PARAM_CANVAS,
-    TritonTarget,
     card_from_config,
     check_config,
     config_problems,
-    describe_failure,
-    is_triton_url,
-    parse_url,
 )
+from digit_reader.runtime.triton_url import TritonTarget, is_triton_url, parse_url
 
 
 def _card(sharpen=False) -> ModelCard:
