@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,triton,ray,dev]'
+	$(VENV)/bin/pip install -q $(TORCH) -e '.[cpu,train,export,triton,ray,openvino,dev]'
 	touch $@
 
 lint: install
@@ -24,12 +24,13 @@ test: lint
 	$(PY) -m pytest -q -ra --durations=15 || [ $$? -eq 5 ]
 
 # The whole pipeline on the embedded synthetic data, CPU only (about 6 minutes on 2 cores):
-# data -> train (nano) -> export (fp32 + fp16 + int8, parity-gated) -> read -> parity and latency.
+# data -> train (nano) -> export (ONNX fp32 + fp16 + int8 and OpenVINO IR, parity-gated) -> read
+# -> parity and latency of every form (ONNX Runtime and OpenVINO side by side).
 demo: install
 	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json $(DEMO)/sheet.png
 	$(VENV)/bin/digit-data synth --out $(DEMO)/data --train 2000 --valid 200 --test 200 --seed 0 --workers 2
 	$(VENV)/bin/digit-train --data $(DEMO)/data --out $(DEMO)/run --preset nano --device cpu
-	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8
+	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8 --openvino
 	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --json $(DEMO)/pred.json --sheet $(DEMO)/sheet.png > $(DEMO)/pred.csv
 	$(VENV)/bin/digit-bench parity --run $(DEMO)/run --export $(DEMO)/export --data $(DEMO)/data > /dev/null
 	$(VENV)/bin/digit-bench latency --export $(DEMO)/export --data $(DEMO)/data --batch 1,8,32 > /dev/null
@@ -37,20 +38,24 @@ demo: install
 	@echo "artefacts:"
 	@echo "  data set        $(DEMO)/data/{train,valid,test}/ + {train,valid,test}.json"
 	@echo "  training run    $(DEMO)/run/ (best.pt, last.pt, metrics.jsonl, fig1-4 PNGs, pred.csv)"
-	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.int8.onnx + its calibration cache, model.json)"
+	@echo "  export          $(DEMO)/export/ (model.onnx, model.fp16.onnx, model.int8.onnx + its calibration cache, model.xml/.bin + model.int8.xml/.bin for OpenVINO, model.json)"
 	@echo "  HW2 submission  $(DEMO)/pred.csv $(DEMO)/pred.json"
 	@echo "  benchmarks      $(DEMO)/export/{parity,latency}.{json,md}, $(DEMO)/export/parity/ (pictures)"
 	@echo "  contact sheet   $(DEMO)/sheet.png (24 test images, drawn: boxes, digits, scores, number)"
 
-# On a machine with an NVIDIA GPU and PyPI: install the GPU extras into their own venv, then run
-# every GPU path (GPU tests, CUDA+AMP training and resume, engines, read, parity, latency) and
-# write gpu-check.md. Without a GPU it stops at once.
+# On a machine with an NVIDIA GPU: every GPU path (environment, GPU tests, CUDA+AMP training
+# and resume, torchrun/NCCL, the seed's R101 throughput, eager latency, export with engines,
+# read, parity, latency) into gpu-check.md/.json, about five minutes on an H100/H200. Offline:
+# it runs with $(PYTHON), which must have a CUDA build of torch and torchvision, and installs
+# only the project (pip --no-deps). WHEELS=DIR also installs missing packages from DIR alone;
+# VENV=1 builds $(GPU_VENV) from PyPI instead. Without a GPU it stops at once.
+PYTHON ?= python3
 GPU_VENV ?= .venv-gpu
+GPU_PY = $(if $(VENV),$(GPU_VENV)/bin/python,$(PYTHON))
 gpu-check:
 	$(if $(shell nvidia-smi -L 2>/dev/null),,$(error gpu-check: no NVIDIA GPU here (nvidia-smi lists none); run it on a machine with one))
-	python3 -m venv $(GPU_VENV)
-	$(GPU_VENV)/bin/pip install -q $(TORCH) -e '.[gpu,train,export,dev]'
-	$(GPU_VENV)/bin/python -m digit_reader.benchmarks.gpu_check --out gpu-check.md --work gpu-check
+	$(PYTHON) benchmarks/gpu_install.py --python $(PYTHON) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(VENV),--venv $(GPU_VENV))
+	$(GPU_PY) -m digit_reader.benchmarks.gpu_check --out gpu-check.md --work gpu-check
 
 # The README's pictures, from the demo's outputs (run `make demo` first): its contact sheet, and
 # the first parity picture digit-bench parity drew (an image some form reads differently).
