@@ -35,13 +35,13 @@ def _openvino_problem(device: str) -> tuple[str | None, bool]:
     """(why OpenVINO cannot run here or None, whether its CPU computes in bf16)."""
     if device.startswith("cuda"):
         return "OpenVINO runs on the CPU (--device cpu)", False
-    from digit_reader.runtime.openvino_backend import has_bf16, import_openvino
+    from digit_reader.runtime.openvino_backend import has_bf16, shared_core
 
     try:
-        ov = import_openvino()
+        core = shared_core()
     except UserError as e:
         return str(e).split(":")[0], False
-    return None, has_bf16(ov.Core())
+    return None, has_bf16(core)
 
 
 def _openvino_precision_problem(precision: str, bf16: bool) -> str | None:

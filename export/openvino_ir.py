@@ -23,7 +23,12 @@ from digit_reader.runtime.console import err
 from digit_reader.runtime.contract import FILES, Form
 from digit_reader.runtime.cpu_features import int8_saturates
 from digit_reader.runtime.modelcard import ModelCard
-from digit_reader.runtime.openvino_backend import OpenVinoBackend, has_bf16, import_openvino
+from digit_reader.runtime.openvino_backend import (
+    OpenVinoBackend,
+    has_bf16,
+    import_openvino,
+    shared_core,
+)
 
 GATE_BATCH = 8
 NOT_GATED_INT8 = (
@@ -35,7 +40,7 @@ NOT_GATED_INT8 = (
 def convert(onnx_path: Path, xml_path: Path) -> None:
     """Write the IR of `onnx_path` at `xml_path` (and its .bin), weights as they are."""
     ov = import_openvino()
-    model = ov.Core().read_model(str(onnx_path))
+    model = shared_core().read_model(str(onnx_path))
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
@@ -46,7 +51,6 @@ def version() -> str:
 def write_and_gate(precisions: list[str], tmp: Path, card: ModelCard, gate: Gate) -> dict:
     """IR of the fp32 and int8 graphs in `tmp`, gated and entered in the card; returns the
     parity summary of each OpenVINO form."""
-    ov = import_openvino()
     summary = {}
     for precision in [p for p in precisions if ("ir", p) in FILES]:
         onnx_name, xml = FILES[("onnx", precision)], FILES[("ir", precision)]
@@ -62,7 +66,7 @@ def write_and_gate(precisions: list[str], tmp: Path, card: ModelCard, gate: Gate
             extra["parity"] = checked.summary()
             extra |= checked.figures() if precision == "int8" else {}
         if precision == "fp32":
-            extra["bf16"] = _bf16(gate, tmp / xml, ov.Core(), summary)
+            extra["bf16"] = _bf16(gate, tmp / xml, shared_core(), summary)
         card.add_file(tmp / xml, precision, **extra)
     return summary
 

@@ -21,6 +21,7 @@ requests OpenVINO asks for and run on them at once. Batch 1 is LATENCY: one stre
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,16 @@ def import_openvino():
     except ImportError as e:
         raise UserError(f"openvino is installed but cannot load: {e}", code=2) from None
     return openvino
+
+
+@cache
+def shared_core():
+    """The process's one OpenVINO Core, kept until exit. OpenVINO's CPU plugin (2026.4) gives
+    the main thread its own signal stack per Core and puts the previous one back when that Core
+    goes; Cores that do not go in reverse order leave the thread on an unmapped signal stack,
+    and the next signal (a child's SIGCHLD, Ctrl-C) kills the process with SIGSEGV. One Core,
+    as OpenVINO's own samples use, never does."""
+    return import_openvino().Core()
 
 
 def has_bf16(core) -> bool:
@@ -95,7 +106,7 @@ class OpenVinoBackend:
     ):
         ov = import_openvino()
         self.path, self.precision = Path(path), precision
-        core = ov.Core()
+        core = shared_core()
         if precision == "bf16" and not has_bf16(core):
             cpu = core.get_property(DEVICE, "FULL_DEVICE_NAME")
             raise UserError(
