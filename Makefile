@@ -51,10 +51,11 @@ demo: install
 # VENV=1 builds $(GPU_VENV) from PyPI instead. Without a GPU it stops at once.
 PYTHON ?= python3
 GPU_VENV ?= .venv-gpu
-GPU_PY = $(if $(VENV),$(GPU_VENV)/bin/python,$(PYTHON))
+GPU_FRESH = $(filter 1,$(VENV))
+GPU_PY = $(if $(GPU_FRESH),$(GPU_VENV)/bin/python,$(PYTHON))
 gpu-check:
 	$(if $(shell nvidia-smi -L 2>/dev/null),,$(error gpu-check: no NVIDIA GPU here (nvidia-smi lists none); run it on a machine with one))
-	$(PYTHON) benchmarks/gpu_install.py --python $(PYTHON) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(VENV),--venv $(GPU_VENV))
+	$(PYTHON) benchmarks/gpu_install.py --python $(PYTHON) $(if $(WHEELS),--wheels $(WHEELS)) $(if $(GPU_FRESH),--venv $(GPU_VENV))
 	$(GPU_PY) -m digit_reader.benchmarks.gpu_check --out gpu-check.md --work gpu-check
 
 # The README's pictures, from the demo's outputs (run `make demo` first): its contact sheet, and

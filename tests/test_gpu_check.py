@@ -3,6 +3,7 @@ install, with the GPU steps faked (no GPU here); the real steps are the project'
 an NVIDIA machine only."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,28 @@ def test_without_a_gpu_make_stops_at_once_with_one_line_and_exit_2():
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "no NVIDIA GPU here" in proc.stderr
     assert not (ROOT / ".venv-gpu").exists()  # stopped before installing anything
+
+
+def test_make_runs_the_current_python_unless_venv_1_asks_for_a_fresh_venv(tmp_path):
+    """The recipe make would run on a GPU machine (a fake nvidia-smi lists one): offline by
+    default, the venv only with VENV=1 (the demo's VENV=.venv must not switch it on)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "GPU 0: NVIDIA H200"\n')
+    smi.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+    def recipe(*args):
+        done = subprocess.run(["make", "-n", "-s", "gpu-check", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    install, check = recipe()
+    assert install.split()[1:] == ["benchmarks/gpu_install.py", "--python", "python3"]
+    assert check.startswith("python3 -m digit_reader.benchmarks.gpu_check")
+    install, check = recipe("VENV=1", "WHEELS=/w")
+    assert install.split()[-4:] == ["--wheels", "/w", "--venv", ".venv-gpu"]
+    assert check.startswith(".venv-gpu/bin/python -m digit_reader.benchmarks.gpu_check")
 
 
 def test_the_runner_also_refuses_without_a_gpu(monkeypatch, capsys, tmp_path):
