@@ -171,6 +171,7 @@ def _form_row(c: Candidate, device: str, ref: Reference, eager_accuracy, picture
             "score_dev_max": result.max_score_dev,
             "size_mb": _size(c.path) / 1e6,
             "disagreements": [describe(d) for d in v.bad[:50]],
+            "ties": result.ties(BOX_TOL_PX),
             "pictures": [str(p.relative_to(pictures.parent)) for p in drawn],
         }
     )
@@ -226,6 +227,13 @@ def markdown(result: dict) -> str:
     if drawn:
         text += "\n\nImages read as another number than PyTorch's (PyTorch left, the form right):\n"
         text += "\n".join(f"- {form}: [{Path(p).name}]({p})" for form, p in drawn)
+    tied = [(r["form"], name) for r in result["rows"] for name in r.get("ties", [])]
+    if tied:
+        text += (
+            f"\n\nBox deviations over {BOX_TOL_PX} px that are a proven NMS tie (two eager "
+            "candidates before NMS within 1e-6 in score; the form kept the other):\n"
+        )
+        text += "\n".join(f"- {form}: {name}" for form, name in tied)
     return text
 
 

@@ -143,6 +143,10 @@ class Parity:
 
         return [d for d in self.diffs if bad(d)]
 
+    def ties(self, box_tol: float) -> list[str]:
+        """Images whose only box off by more than `box_tol` is a proven score tie."""
+        return [d.name for d in self.diffs if d.box_dev > box_tol and d.untied_box_dev() <= box_tol]
+
     def summary(self) -> str:
         n = len(self.diffs)
         same = sum(d.same_number for d in self.diffs)

@@ -83,6 +83,7 @@ def test_an_nms_tie_is_excused_only_where_the_reference_proves_it():
     assert seen == [0]  # only the suspect image is looked at again
     assert proven.diffs[0].box_dev > 0.5  # still reported as it is
     assert _verdict(proven, "fp32", 0.05) == (True, [])
+    assert proven.ties(0.5) == ["0.png"] and result.ties(0.5) == []  # reported as a tie
     far = _dets([kept, other_box], [0.99995983, 0.9990], [6, 6])  # the other box scored lower
     proven = prove_ties(result, [a] * 100, [tie] + [a] * 99, lambda i: [far] * len(i), 0.5, 1e-3)
-    assert _verdict(proven, "fp32", 0.05)[0] is False
+    assert _verdict(proven, "fp32", 0.05)[0] is False and proven.ties(0.5) == []
