@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 
+from digit_reader.runtime.cpu_features import cpu_flags
+
 LIBRARIES = (
     "torch",
     "torchvision",
@@ -34,14 +36,8 @@ def cpu_name() -> str:
 
 def cpu_isa() -> list[str]:
     """Which of ISA this CPU has (empty where /proc/cpuinfo cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in ISA if f in flags]
-    except OSError:
-        pass
-    return []
+    flags = cpu_flags()
+    return [f for f in ISA if f in flags]
 
 
 def describe_machine(m: dict) -> str:

@@ -21,3 +21,10 @@ class ImageError(UserError):
 class BackendError(UserError):
     """The backend failed one batch (a server went away, timed out or refused it): the reader
     names that batch's images as failed and goes on with the next batch."""
+
+
+def one_line(e: BaseException, last: bool = False, width: int = 300) -> str:
+    """One line of an engine's (often multi-line) exception message, for a one-line error:
+    the first, or the last where the engine puts the cause there (OpenVINO)."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    return (lines[-1] if last else lines[0])[:width]

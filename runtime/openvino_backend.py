@@ -29,7 +29,7 @@ import numpy as np
 from digit_reader.runtime.console import err
 from digit_reader.runtime.contract import INPUT_NAME, OUTPUT_NAMES
 from digit_reader.runtime.cpu_features import int8_saturates
-from digit_reader.runtime.errors import BackendError, UserError
+from digit_reader.runtime.errors import BackendError, UserError, one_line
 
 OPENVINO_EXTRA = "pip install 'digit-reader[openvino]'"
 # the reader's precision -> OpenVINO's inference precision hint
@@ -142,10 +142,9 @@ class OpenVinoBackend:
                 request.wait()
                 results.append([request.get_tensor(o).data.copy() for o in self.outputs])
         except Exception as e:  # OpenVINO raises RuntimeError with its own message
-            lines = str(e).strip().splitlines() or [type(e).__name__]
             raise BackendError(
                 f"OpenVINO ({self.precision}) failed on a batch of {len(images)} image(s): "
-                f"{lines[-1][:300]}"
+                f"{one_line(e, last=True)}"
             ) from None
         return {
             name: np.concatenate([r[i] for r in results]) for i, name in enumerate(OUTPUT_NAMES)
@@ -161,8 +160,7 @@ def _compile(core, path: Path, config: dict):
     try:
         return core.compile_model(core.read_model(str(path)), DEVICE, config)
     except Exception as e:  # OpenVINO's RuntimeError for a file it cannot read or compile
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        raise UserError(f"{path}: OpenVINO cannot load it ({lines[-1][:300]})", code=2) from None
+        raise UserError(f"{path}: OpenVINO cannot load it ({one_line(e, last=True)})", 2) from None
 
 
 def _check_precision(compiled, config: dict, path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from digit_reader.runtime.console import err
 from digit_reader.runtime.contract import INPUT_NAME, OUTPUT_NAMES, check_device, device_index
 from digit_reader.runtime.cpu_features import int8_saturates
-from digit_reader.runtime.errors import BackendError, UserError
+from digit_reader.runtime.errors import BackendError, UserError, one_line
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 # fp32 means fp32: the CUDA provider runs fp32 matrix products in TF32 unless told otherwise,
@@ -171,10 +171,9 @@ class OrtBackend:
         try:
             outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
         except Exception as e:  # ORT's own exception types (EPFail, Fail, InvalidArgument)
-            lines = str(e).strip().splitlines() or [type(e).__name__]
             raise BackendError(
                 f"onnxruntime ({self.providers[0]}) failed on a batch of {len(images)} "
-                f"image(s): {type(e).__name__}: {lines[0][:300]}"
+                f"image(s): {type(e).__name__}: {one_line(e)}"
             ) from None
         return dict(zip(OUTPUT_NAMES, outputs, strict=True))
 
