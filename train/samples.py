@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,10 @@ def data_root_of(checkpoint_path: Path) -> Path | None:
     return root if root.is_dir() else None
 
 
-def sample_set(
-    root: Path | None, n: int, cache_dir: Path | None = None
-) -> tuple[list[Sample], str, bool]:
+def sample_set(root: Path | None, n: int, cache_dir: Path) -> tuple[list[Sample], str, bool]:
     """Up to n samples, where they come from, and whether they carry labels: ROOT's valid
-    (else test, else train) split, else n synthetic SVHN-like images made in `cache_dir` (a
-    temporary directory by default)."""
+    (else test, else train) split, else n synthetic SVHN-like images made in `cache_dir` (the
+    caller's: it outlives the images' use and the caller removes it)."""
     if root is not None:
         for split in ("valid", "test", "train"):
             if (root / split).is_dir():
@@ -41,16 +38,14 @@ def sample_set(
                     return found, f"{root}/{split}", (root / f"{split}.json").is_file()
     from digit_reader.train.data.synth import synthesize
 
-    out = Path(cache_dir or tempfile.mkdtemp(prefix="digit-export-parity-")) / "synthetic"
+    out = Path(cache_dir) / "synthetic"
     if not (out / "valid.json").is_file():
         print(f"no data set given: synthesizing {n} SVHN-like images in {out}", file=sys.stderr)
         synthesize(out, {"valid": n}, seed=SYNTH_SEED, overwrite=True)
     return load_split(out, "valid")[:n], f"synthetic ({out})", True
 
 
-def sample_paths(
-    root: Path | None, n: int, cache_dir: Path | None = None
-) -> tuple[list[Path], str]:
+def sample_paths(root: Path | None, n: int, cache_dir: Path) -> tuple[list[Path], str]:
     """Up to n image paths and where they come from (sample_set without the labels)."""
     found, origin, _ = sample_set(root, n, cache_dir)
     return [s.path for s in found], origin
