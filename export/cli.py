@@ -25,6 +25,7 @@ from digit_reader.export.defaults import (
 from digit_reader.export.tensorrt_engine import BatchProfile
 from digit_reader.runtime.command import Command, device_option
 from digit_reader.runtime.contract import (
+    BF16_MIN_AGREEMENT,
     FP16_MIN_AGREEMENT,
     INT8_MAX_ACCURACY_DROP,
     INT8_MIN_AGREEMENT,
@@ -82,6 +83,14 @@ from digit_reader.runtime.modelcard import CARD_NAME
     help="Share of images the fp16 forms must read as the eager model does.",
 )
 @click.option(
+    "--bf16-min-agreement",
+    default=BF16_MIN_AGREEMENT,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="--openvino on a CPU with bf16: share of images the bf16 form must read as the "
+    "eager model does.",
+)
+@click.option(
     "--calib-images",
     default=CALIB_IMAGES,
     show_default=True,
@@ -93,7 +102,8 @@ from digit_reader.runtime.modelcard import CARD_NAME
     type=click.Choice(["max", "percentile", "entropy"]),
     default=CALIB_METHOD,
     show_default=True,
-    help="--int8: range of each activation: its absolute maximum, or a percentile of it. "
+    help="--int8: range of each activation: a percentile of its absolute value, or its "
+    "absolute maximum. "
     "entropy is refused, with the reason.",
 )
 @click.option(
@@ -131,6 +141,12 @@ from digit_reader.runtime.modelcard import CARD_NAME
 )
 @device_option("Where the parity gate runs PyTorch and ONNX Runtime")
 @click.option("--opset", default=OPSET, show_default=True, type=click.IntRange(16, 21))
+@click.option(
+    "--graph-cache",
+    metavar="DIR|off",
+    help="Where model.onnx of earlier exports is kept for reuse (same checkpoint, opset, "
+    "versions and code) [default: $DIGIT_READER_CACHE, else ~/.cache/digit-reader].",
+)
 @click.option(
     "--triton",
     "triton_repo",
@@ -177,6 +193,8 @@ def main(
         given = [p for p in INT8_ONLY if ctx.get_parameter_source(p).name != "DEFAULT"]
         if given:
             raise click.UsageError(f"--{given[0].replace('_', '-')} needs --int8")
+    if not rest["openvino"] and ctx.get_parameter_source("bf16_min_agreement").name != "DEFAULT":
+        raise click.UsageError("--bf16-min-agreement needs --openvino")
     opts = ExportOptions(
         source=source,
         out=out,
@@ -215,7 +233,8 @@ INT8_ONLY = (
 
 
 def format_summary(s: dict) -> str:
-    took = f"ONNX export {s['onnx_export_s']} s" + (
+    how = "from the graph cache" if s.get("onnx_from_cache") else "export"
+    took = f"ONNX {how} {s['onnx_export_s']} s" + (
         f", fp16 conversion {s['fp16_convert_s']} s" if "fp16_convert_s" in s else ""
     )
     if "int8_quantize_s" in s:

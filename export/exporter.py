@@ -22,7 +22,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from digit_reader.export import fp16, graph_rules, int8, openvino_ir
+from digit_reader.export import fp16, graph_cache, graph_rules, int8, openvino_ir
 from digit_reader.export.defaults import (
     CALIB_CACHE,
     CALIB_IMAGES,
@@ -41,6 +41,7 @@ from digit_reader.export.onnx_export import export_onnx
 from digit_reader.export.tensorrt_engine import BatchProfile, why_no_engine
 from digit_reader.runtime.console import err
 from digit_reader.runtime.contract import (
+    BF16_MIN_AGREEMENT,
     DEFAULT_DEVICE,
     FILES,
     FP16_MIN_AGREEMENT,
@@ -71,6 +72,7 @@ class ExportOptions:
     timing_cache: Path | None = None
     parity_images: int = PARITY_IMAGES
     fp16_min_agreement: float = FP16_MIN_AGREEMENT
+    bf16_min_agreement: float = BF16_MIN_AGREEMENT  # the fp32 IR run in bf16 (--openvino)
     data: Path | None = None  # images for the gate; default the run's own data, else synthetic
     device: str = DEFAULT_DEVICE  # where the gate runs the eager model and ONNX Runtime
     opset: int = OPSET
@@ -82,6 +84,7 @@ class ExportOptions:
     int8_min_agreement: float = INT8_MIN_AGREEMENT
     int8_max_accuracy_drop: float = INT8_MAX_ACCURACY_DROP
     openvino: bool = False  # also OpenVINO IR of the fp32 (and int8) graphs
+    graph_cache: str | None = None  # directory or "off"; default export/graph_cache.py's
 
     @property
     def precisions(self) -> list[str]:
@@ -96,6 +99,8 @@ class ExportOptions:
             return parity_rule("int8", self.int8_min_agreement, self.int8_max_accuracy_drop)
         if precision == "fp16":
             return parity_rule("fp16", self.fp16_min_agreement)
+        if precision == "bf16":
+            return parity_rule("bf16", self.bf16_min_agreement)
         return parity_rule(precision)
 
 
@@ -209,7 +214,7 @@ def _make_and_gate(job: Job, tmp: Path, model, cfg, detector) -> None:
     n_calib = opts.calib_images if opts.int8 else 0
     root = opts.data or samples.data_root_of(job.ckpt)
     found, origin, labelled = samples.sample_set(root, max(n_gate, n_calib), cache_dir=tmp)
-    _graphs(opts, tmp, detector, job.summary)
+    _graphs(opts, tmp, detector, job.summary, job.card.source_checkpoint["sha256"])
     calibration = None
     if opts.int8:
         calib = _calibration(opts, found[:n_calib], origin, cfg.canvas, cfg.sharpen)
@@ -279,12 +284,22 @@ def _gate_onnx(gate: Gate, tmp: Path, precision: str, job: Job, calibration: dic
     )
 
 
-def _graphs(opts: ExportOptions, tmp: Path, detector, summary: dict) -> None:
-    """model.onnx (+ model.fp16.onnx) in `tmp`, each checked against TensorRT's import rules."""
+def _graphs(opts: ExportOptions, tmp: Path, detector, summary: dict, ckpt_sha256: str) -> None:
+    """model.onnx (+ model.fp16.onnx) in `tmp`, each checked against TensorRT's import rules;
+    model.onnx comes from the graph cache where an earlier export of this checkpoint left it."""
     fp32_file, fp16_file = tmp / FILES[("onnx", "fp32")], tmp / FILES[("onnx", "fp16")]
     t0 = time.perf_counter()
-    export_onnx(detector, fp32_file, opts.opset)
+    key = graph_cache.graph_key(
+        ckpt_sha256, opts.opset, graph_cache.graph_versions(), graph_cache.code_digest()
+    )
+    root = graph_cache.cache_root(opts.graph_cache)
+    cached = graph_cache.exported(
+        root, key, fp32_file, lambda dst: export_onnx(detector, dst, opts.opset)
+    )
     summary["onnx_export_s"] = round(time.perf_counter() - t0, 2)
+    summary["onnx_from_cache"] = cached
+    if cached:
+        err(f"model.onnx from the graph cache ({root / 'graphs' / key[:12]}...)")
     if opts.fp16:
         t0 = time.perf_counter()
         fp16.convert_file(fp32_file, fp16_file)

@@ -21,6 +21,24 @@ from click.testing import CliRunner
 from PIL import Image
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache_dir(tmp_path_factory) -> Path:
+    """digit-export's graph cache for this session (never the user's): the first export of a
+    checkpoint pays for torch.onnx.export, the session's later ones reuse its model.onnx."""
+    import os
+
+    from digit_reader.export.graph_cache import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("graph-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     from digit_reader.train.data.synth import synthesize
@@ -90,6 +108,13 @@ def int8_args() -> list[str]:
     """digit-export's int8 options for the session's model."""
     loose = ["--int8-min-agreement", "0.8", "--int8-max-accuracy-drop", "0.1"]
     return ["--int8", "--calib-images", "64", *loose]
+
+
+@pytest.fixture(scope="session")
+def bf16_args() -> list[str]:
+    """digit-export --openvino's bf16 option for the session's model: on a CPU with bf16 the
+    fp32 IR is also gated in bf16, whose rounding flips the same near-0.5 scores as int8's."""
+    return ["--bf16-min-agreement", "0.8"]
 
 
 @pytest.fixture(scope="session")

@@ -64,8 +64,8 @@ def test_export_writes_the_int8_graph_its_cache_and_its_card_entry(int8_export, 
     assert entry["precision"] == "int8" and entry["sha256"] == sha256_of(out / "model.int8.onnx")
     assert entry["calibration"] | {"origin": None} == {
         "images": 24,  # the session's data has 24 valid images
-        "method": "max",
-        "percentile": None,
+        "method": "percentile",  # the default
+        "percentile": 99.99,
         "origin": None,
         "cache": "model.int8.calib.json",
         "from_cache": False,
@@ -232,7 +232,7 @@ def test_a_rebuild_from_the_calibration_cache_is_byte_identical(
     assert ModelCard.load(out / "model.json").files["model.int8.onnx"]["calibration"]["from_cache"]
 
     # another method is another calibration; an export without --int8 drops the int8 files
-    result = CliRunner().invoke(main, [*args, "--calib-method", "percentile"])
+    result = CliRunner().invoke(main, [*args, "--calib-method", "max"])
     assert result.exit_code == 0 and "(calibrated)" in result.stderr
     assert (out / "model.int8.onnx").read_bytes() != before
     assert CliRunner().invoke(main, [str(nano_run), "-o", str(out)]).exit_code == 0

@@ -43,13 +43,12 @@ def _read(*args):
 
 
 @pytest.fixture(scope="module")
-def openvino_export(nano_run, int8_args, tmp_path_factory):
+def openvino_export(nano_run, int8_args, bf16_args, tmp_path_factory):
     """(export dir, CliRunner result) of `digit-export RUN --openvino` with int8 (fp32 + int8
     ONNX and IR)."""
     out = tmp_path_factory.mktemp("openvino") / "export"
-    result = CliRunner().invoke(
-        export_main, [str(nano_run), "-o", str(out), "--openvino", *int8_args]
-    )
+    args = [str(nano_run), "-o", str(out), "--openvino", *int8_args, *bf16_args]
+    result = CliRunner().invoke(export_main, args)
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -217,23 +216,49 @@ def test_a_wrong_ir_fails_the_gate_and_writes_nothing(nano_run, export_dir, tmp_
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.skipif(not BF16_HERE, reason="this CPU has no bf16: its gate cannot run here")
-def test_a_wrong_bf16_form_fails_its_gate(export_dir, nano_run):
-    opts = exporter.ExportOptions(nano_run)
-    from digit_reader.export.gate import ExportFailed, Gate
+def _unmatchable_gate(export_dir: Path, nano_run: Path, synth_root: Path):
+    """A gate on the valid images whose reference no form can match: the fp32 reading with
+    every score moved to the other side of 0.5."""
+    from digit_reader.export.gate import Gate
     from digit_reader.runtime.agreement import backend_detections
     from digit_reader.train import samples
 
-    found, _, _ = samples.sample_set(None, 24)
+    found, _, _ = samples.sample_set(synth_root, 24, cache_dir=export_dir)
     canvases, scales, sizes = samples.letterboxed([s.path for s in found], (64, 128))
     ov = OpenVinoBackend(export_dir / "model.onnx", "fp32", batch=8)
     ref = backend_detections(ov, canvases)
-    for d in ref:  # a reference the bf16 form cannot match: every score moved past 0.5
+    ov.close()
+    for d in ref:
         d.scores[:] = 1.0 - d.scores
-    gate = Gate([s.path.name for s in found], canvases, ref, 0.05, opts, None, scales, sizes)
+    opts = exporter.ExportOptions(nano_run)
+    return Gate([s.path.name for s in found], canvases, ref, 0.05, opts, None, scales, sizes)
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="this CPU has no bf16: its gate cannot run here")
+def test_a_wrong_bf16_form_fails_its_gate(export_dir, nano_run, synth_root):
+    from digit_reader.export.gate import ExportFailed
+
+    gate = _unmatchable_gate(export_dir, nano_run, synth_root)
     with pytest.raises(ExportFailed, match="OpenVINO bf16 reads"):
         gate.check(Form("openvino", "bf16", "model.onnx"),
                    OpenVinoBackend(export_dir / "model.onnx", "bf16", batch=8))  # fmt: skip
+
+
+@pytest.mark.skipif(not VNNI_HERE, reason="this CPU has no VNNI: OpenVINO int8 is not gated here")
+def test_a_wrong_int8_form_fails_its_gate(openvino_export, export_dir, nano_run, synth_root):
+    from digit_reader.export.gate import ExportFailed
+
+    gate = _unmatchable_gate(export_dir, nano_run, synth_root)
+    xml = openvino_export[0] / "model.int8.xml"
+    with pytest.raises(ExportFailed, match="OpenVINO int8 reads"):
+        gate.check(Form("openvino", "int8", xml.name), OpenVinoBackend(xml, "int8", batch=8))
+
+
+def test_the_bf16_gate_takes_its_own_threshold_and_only_with_openvino(nano_run):
+    rule = exporter.ExportOptions(nano_run, bf16_min_agreement=0.7).rule("bf16")
+    assert rule.min_agreement == 0.7
+    result = CliRunner().invoke(export_main, [str(nano_run), "--bf16-min-agreement", "0.9"])
+    assert result.exit_code == 2 and "--bf16-min-agreement needs --openvino" in result.output
 
 
 def test_the_card_records_every_openvino_form_for_the_benchmarks(openvino_export):
