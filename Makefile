@@ -30,7 +30,7 @@ demo: install
 	rm -rf $(DEMO)/data $(DEMO)/run $(DEMO)/export $(DEMO)/pred.csv $(DEMO)/pred.json $(DEMO)/sheet.png
 	$(VENV)/bin/digit-data synth --out $(DEMO)/data --train 2000 --valid 200 --test 200 --seed 0 --workers 2
 	$(VENV)/bin/digit-train --data $(DEMO)/data --out $(DEMO)/run --preset nano --device cpu
-	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8 --openvino
+	$(VENV)/bin/digit-export $(DEMO)/run --out $(DEMO)/export --fp16 --int8 --calib-method percentile --openvino
 	$(VENV)/bin/digit-read $(DEMO)/data/test --model $(DEMO)/export --json $(DEMO)/pred.json --sheet $(DEMO)/sheet.png > $(DEMO)/pred.csv
 	$(VENV)/bin/digit-bench parity --run $(DEMO)/run --export $(DEMO)/export --data $(DEMO)/data > /dev/null
 	$(VENV)/bin/digit-bench latency --export $(DEMO)/export --data $(DEMO)/data --batch 1,8,32 > /dev/null

@@ -102,8 +102,8 @@ from digit_reader.runtime.modelcard import CARD_NAME
     type=click.Choice(["max", "percentile", "entropy"]),
     default=CALIB_METHOD,
     show_default=True,
-    help="--int8: range of each activation: a percentile of its absolute value, or its "
-    "absolute maximum. "
+    help="--int8: range of each activation: its absolute maximum, or a percentile of it "
+    "(closer reads, slower calibration). "
     "entropy is refused, with the reason.",
 )
 @click.option(

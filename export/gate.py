@@ -37,6 +37,13 @@ from digit_reader.runtime.draw import write_comparisons
 from digit_reader.runtime.errors import UserError
 from digit_reader.runtime.preprocess import boxes_from_canvas
 
+# an int8 form calibrated with max that fails: the demo's model read 97.5 % with max's ranges in
+# OpenVINO, 99.0 % with the 99.99th percentile's (export/defaults.py)
+INT8_HINT = (
+    "\nranges from --calib-method max: --calib-method percentile is less stretched by outlier "
+    "activations (slower to calibrate on large canvases)"
+)
+
 
 class ExportFailed(UserError):
     """The graph broke a TensorRT rule or the parity gate; nothing was written."""
@@ -138,7 +145,9 @@ class Gate:
         except ExportFailed as e:
             bad = verdict(rule, result, self.score_floor, *(scores or (None, None))).bad
             where = self.pictures(label, {d.name for d in bad}, got)
-            raise ExportFailed(f"{e}\npictures (eager left, {label} right): {where}") from None
+            hint = INT8_HINT if form.precision == "int8" and self.opts.calib_method == "max" else ""
+            pictures = f"pictures (eager left, {label} right): {where}"
+            raise ExportFailed(f"{e}\n{pictures}{hint}") from None
         return checked
 
     def accuracy(self, dets: list[Detections]) -> float:

@@ -21,9 +21,10 @@ Recipe, each choice measured on this project's models:
   per-channel weights, full range (reduce_range off: VNNI does not saturate), fp32 biases
   (TensorRT dequantizes int8, not int32), and no Q/DQ pair between a producer and its Relu
   (TensorRT fuses Conv+Relu+Q itself).
-- calibration: the 99.99th percentile of |activation| (default) or max (the absolute maximum;
-  MinMax): a few outlier activations stretch max's ranges, which cost ONNX Runtime and OpenVINO
-  1 to 1.5 points of agreement on the demo's model (export/defaults.py). Not entropy: through
+- calibration: max (the absolute maximum; MinMax; default) or percentile. A few outlier
+  activations stretch max's ranges: on the demo's model the 99.99th percentile read 1 to 1.5
+  points more images as eager, but its histograms are far slower at R101 (export/defaults.py).
+  Not entropy: through
   quantize_static it silently equals max (ORT passes no bin options, leaving one candidate
   threshold), and a real entropy pass clips post-Relu tensors, which cost the TensorRT file
   1.5 points of held-out agreement on nano.

@@ -64,8 +64,8 @@ def test_export_writes_the_int8_graph_its_cache_and_its_card_entry(int8_export, 
     assert entry["precision"] == "int8" and entry["sha256"] == sha256_of(out / "model.int8.onnx")
     assert entry["calibration"] | {"origin": None} == {
         "images": 24,  # the session's data has 24 valid images
-        "method": "percentile",  # the default
-        "percentile": 99.99,
+        "method": "max",
+        "percentile": None,
         "origin": None,
         "cache": "model.int8.calib.json",
         "from_cache": False,
@@ -232,7 +232,7 @@ def test_a_rebuild_from_the_calibration_cache_is_byte_identical(
     assert ModelCard.load(out / "model.json").files["model.int8.onnx"]["calibration"]["from_cache"]
 
     # another method is another calibration; an export without --int8 drops the int8 files
-    result = CliRunner().invoke(main, [*args, "--calib-method", "max"])
+    result = CliRunner().invoke(main, [*args, "--calib-method", "percentile"])
     assert result.exit_code == 0 and "(calibrated)" in result.stderr
     assert (out / "model.int8.onnx").read_bytes() != before
     assert CliRunner().invoke(main, [str(nano_run), "-o", str(out)]).exit_code == 0
@@ -291,3 +291,14 @@ def test_the_gate_runs_the_cpu_form_and_the_file(int8_export, synth_root, nano_r
     b = parity.backend_detections(as_is, canv)
     result = parity.measure(b, a, [p.name for p in paths])
     assert result.agreement >= 0.9 and result.mean_box_dev < 0.5
+
+
+def test_a_failing_int8_gate_calibrated_with_max_suggests_percentile(
+    int8_export, nano_run, tmp_path
+):
+    strict = ["--int8", "--calib-images", "64", "--int8-min-agreement", "1"]
+    result = CliRunner().invoke(main, [str(nano_run), "-o", str(tmp_path / "e"), *strict])
+    if result.exit_code == 0:
+        pytest.skip("the session's model reads every gate image in int8 as eager: nothing fails")
+    assert result.exit_code == 1 and "--calib-method percentile is less stretched" in result.stderr
+    assert not (tmp_path / "e").exists()
