@@ -216,6 +216,40 @@ def test_a_wrong_ir_fails_the_gate_and_writes_nothing(nano_run, export_dir, tmp_
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def _negated_int8_convert(onnx_path: Path, xml_path: Path) -> None:
+    """The real conversion, but of model.int8.onnx with its largest int8 weight negated: a
+    wrong int8 form that loads (the fp32 IR is converted as it is)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if onnx_path.name != "model.int8.onnx":
+        return openvino_ir_convert(onnx_path, xml_path)
+    model = onnx.load(str(onnx_path))
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    weight = max(int8, key=lambda t: np.prod(t.dims))
+    w = numpy_helper.to_array(weight).astype(np.int16)
+    weight.CopyFrom(numpy_helper.from_array(np.clip(-w, -127, 127).astype(np.int8), weight.name))
+    wrong = xml_path.with_name("wrong.onnx")
+    onnx.save(model, str(wrong))
+    openvino_ir_convert(wrong, xml_path)
+    wrong.unlink()
+
+
+@pytest.mark.skipif(not VNNI_HERE, reason="this CPU has no VNNI: OpenVINO int8 is not gated here")
+def test_a_wrong_int8_ir_fails_the_export_and_writes_nothing(
+    openvino_export, nano_run, int8_args, bf16_args, tmp_path, monkeypatch
+):
+    out = tmp_path / "export"
+    shutil.copytree(openvino_export[0], out)  # with its calibration cache: no recalibration
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(openvino_ir, "convert", _negated_int8_convert)
+    args = [str(nano_run), "-o", str(out), "--openvino", *int8_args, *bf16_args]
+    result = CliRunner().invoke(export_main, args)
+    assert result.exit_code == 1, result.output
+    assert "OpenVINO int8 reads" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def _unmatchable_gate(export_dir: Path, nano_run: Path, synth_root: Path):
     """A gate on the valid images whose reference no form can match: the fp32 reading with
     every score moved to the other side of 0.5."""
