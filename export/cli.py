@@ -145,7 +145,8 @@ from digit_reader.runtime.modelcard import CARD_NAME
     "--graph-cache",
     metavar="DIR|off",
     help="Where model.onnx of earlier exports is kept for reuse (same checkpoint, opset, "
-    "versions and code) [default: $DIGIT_READER_CACHE, else ~/.cache/digit-reader].",
+    "versions and code) [default: $DIGIT_READER_CACHE, else $XDG_CACHE_HOME/digit-reader, "
+    "else ~/.cache/digit-reader].",
 )
 @click.option(
     "--triton",

@@ -142,6 +142,7 @@ class Job:
     found: object  # runtime.trt_backend.TensorRTProbe
     card: ModelCard
     summary: dict
+    graph_cache: tuple[Path, str] | None = None  # (cache root, model.onnx's key), None: off
 
 
 def run(opts: ExportOptions) -> dict:
@@ -178,6 +179,8 @@ def _start(opts: ExportOptions):
         raise UserError(f"--engine: no TensorRT engine can be built here: {no_engine}", code=1)
     if opts.openvino:
         openvino_ir.import_openvino()  # a missing extra is a usage error, before the work
+    ckpt_sha256 = sha256_of(ckpt)
+    cache = _graph_cache(opts, ckpt_sha256)  # the code read now, before the minutes of work
     model, cfg = checkpoint.load_model(ckpt, "cpu")
     err(f"exporting {ckpt} ({cfg.backbone}, canvas {cfg.canvas[0]}x{cfg.canvas[1]}) to {out}")
     detector = DeployableDetector(model, cfg)
@@ -186,11 +189,21 @@ def _start(opts: ExportOptions):
         detector.top_k,
         sharpen=cfg.sharpen,
         opset=opts.opset,
-        source_checkpoint={"path": str(ckpt), "sha256": sha256_of(ckpt)},
+        source_checkpoint={"path": str(ckpt), "sha256": ckpt_sha256},
         versions=versions(found),
     )
     summary: dict = {"out": str(out), "checkpoint": str(ckpt), "files": {}, "parity": {}}
-    return Job(opts, ckpt, out, device, found, card, summary), model, cfg, detector
+    job = Job(opts, ckpt, out, device, found, card, summary, cache)
+    return job, model, cfg, detector
+
+
+def _graph_cache(opts: ExportOptions, ckpt_sha256: str) -> tuple[Path, str] | None:
+    """Where model.onnx may come from and go to, and its key; None where the cache is off."""
+    root = graph_cache.cache_root(opts.graph_cache)
+    if root is None:
+        return None
+    versions = graph_cache.graph_versions()
+    return root, graph_cache.graph_key(ckpt_sha256, opts.opset, versions, graph_cache.code_digest())
 
 
 @contextlib.contextmanager
@@ -214,7 +227,7 @@ def _make_and_gate(job: Job, tmp: Path, model, cfg, detector) -> None:
     n_calib = opts.calib_images if opts.int8 else 0
     root = opts.data or samples.data_root_of(job.ckpt)
     found, origin, labelled = samples.sample_set(root, max(n_gate, n_calib), cache_dir=tmp)
-    _graphs(opts, tmp, detector, job.summary, job.card.source_checkpoint["sha256"])
+    _graphs(opts, tmp, detector, job.summary, job.graph_cache)
     calibration = None
     if opts.int8:
         calib = _calibration(opts, found[:n_calib], origin, cfg.canvas, cfg.sharpen)
@@ -284,22 +297,19 @@ def _gate_onnx(gate: Gate, tmp: Path, precision: str, job: Job, calibration: dic
     )
 
 
-def _graphs(opts: ExportOptions, tmp: Path, detector, summary: dict, ckpt_sha256: str) -> None:
+def _graphs(opts: ExportOptions, tmp: Path, detector, summary: dict, cache) -> None:
     """model.onnx (+ model.fp16.onnx) in `tmp`, each checked against TensorRT's import rules;
     model.onnx comes from the graph cache where an earlier export of this checkpoint left it."""
     fp32_file, fp16_file = tmp / FILES[("onnx", "fp32")], tmp / FILES[("onnx", "fp16")]
     t0 = time.perf_counter()
-    key = graph_cache.graph_key(
-        ckpt_sha256, opts.opset, graph_cache.graph_versions(), graph_cache.code_digest()
-    )
-    root = graph_cache.cache_root(opts.graph_cache)
+    root, key = cache or (None, "")
     cached = graph_cache.exported(
         root, key, fp32_file, lambda dst: export_onnx(detector, dst, opts.opset)
     )
     summary["onnx_export_s"] = round(time.perf_counter() - t0, 2)
     summary["onnx_from_cache"] = cached
     if cached:
-        err(f"model.onnx from the graph cache ({root / 'graphs' / key[:12]}...)")
+        err(f"model.onnx from the graph cache ({graph_cache.entry_path(root, key)})")
     if opts.fp16:
         t0 = time.perf_counter()
         fp16.convert_file(fp32_file, fp16_file)

@@ -3,11 +3,13 @@ has changed: re-exporting a run (adding --int8 or --openvino, another gate, anot
 directory) skips torch.onnx.export, which takes most of a small model's export.
 
 An entry's key is a sha256 over everything the graph is a function of: the checkpoint's sha256,
-the opset, the versions of torch, torchvision, onnx and onnxscript, and the source of every
-digit_reader module the export runs (a code change is a new graph). Entries are written
-atomically with the sha256 of their bytes; one whose bytes do not match is exported again and
-replaced. The newest GRAPH_CACHE_ENTRIES entries are kept. The parity gate still holds every
-file, cached or not, to its rule.
+the opset, the Python version, the versions of torch, torchvision, onnx, onnxscript and onnx-ir
+(torch's exporter builds and saves the graph with it), and the source of every digit_reader
+module the export runs, read when the export starts (a code change is a new graph). Entries are
+written atomically with the sha256 of their bytes; a copy whose bytes do not match is exported
+again and replaced. The GRAPH_CACHE_ENTRIES most recently used entries are kept; files without a
+record (an export killed while storing) go too. The parity gate still holds every file, cached
+or not, to its rule.
 
 Where: --graph-cache DIR, else $DIGIT_READER_CACHE, else $XDG_CACHE_HOME/digit-reader (or
 ~/.cache/digit-reader); "off" turns it off.
@@ -21,7 +23,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import platform
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +36,8 @@ from digit_reader.runtime.modelcard import sha256_of
 CACHE_ENV = "DIGIT_READER_CACHE"
 OFF = "off"
 GRAPH_PACKAGES = ("digit_reader.runtime", "digit_reader.train", "digit_reader.export")
-GRAPH_DISTRIBUTIONS = ("torch", "torchvision", "onnx", "onnxscript")
+GRAPH_DISTRIBUTIONS = ("torch", "torchvision", "onnx", "onnxscript", "onnx-ir")
+STALE_TMP_S = 24 * 3600  # a store's temporary file older than this was left by a killed export
 
 
 def cache_root(given: str | None = None) -> Path | None:
@@ -40,7 +45,10 @@ def cache_root(given: str | None = None) -> Path | None:
     value = given or os.environ.get(CACHE_ENV)
     if value:
         return None if value == OFF else Path(value).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no $HOME and a uid without a passwd entry (containers): no cache
+        return None
     return Path(xdg) / "digit-reader"
 
 
@@ -62,7 +70,12 @@ def graph_key(checkpoint_sha256: str, opset: int, versions: dict, code: str) -> 
 
 
 def graph_versions() -> dict:
-    return {name: importlib.metadata.version(name) for name in GRAPH_DISTRIBUTIONS}
+    found = {name: importlib.metadata.version(name) for name in GRAPH_DISTRIBUTIONS}
+    return found | {"python": platform.python_version()}
+
+
+def entry_path(root: Path, key: str) -> Path:
+    return root / "graphs" / f"{key}.onnx"
 
 
 def exported(root: Path | None, key: str, dst: Path, export: Callable[[Path], None]) -> bool:
@@ -71,9 +84,9 @@ def exported(root: Path | None, key: str, dst: Path, export: Callable[[Path], No
     if root is None:
         export(dst)
         return False
-    entry, record = root / "graphs" / f"{key}.onnx", root / "graphs" / f"{key}.json"
-    if _intact(entry, record):
-        shutil.copyfile(entry, dst)
+    entry = entry_path(root, key)
+    record = entry.with_suffix(".json")
+    if _copied(entry, record, dst):
         with contextlib.suppress(OSError):
             os.utime(record)  # most recently used
         return True
@@ -82,9 +95,13 @@ def exported(root: Path | None, key: str, dst: Path, export: Callable[[Path], No
     return False
 
 
-def _intact(entry: Path, record: Path) -> bool:
+def _copied(entry: Path, record: Path, dst: Path) -> bool:
+    """Copy the entry to `dst` and check the copy against its record: what is checked is what
+    the export uses, even when another export replaces or prunes the entry meanwhile."""
     try:
-        return json.loads(record.read_text())["sha256"] == sha256_of(entry)
+        want = json.loads(record.read_text())["sha256"]
+        shutil.copyfile(entry, dst)
+        return sha256_of(dst) == want
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -102,7 +119,16 @@ def _store(src: Path, entry: Path, record: Path) -> None:
 
 
 def _prune(folder: Path, keep: int) -> None:
+    """Keep the `keep` most recently used entries; drop graphs without a record and temporary
+    files a killed export left."""
     records = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for record in records[keep:]:
         record.unlink(missing_ok=True)
         record.with_suffix(".onnx").unlink(missing_ok=True)
+    for graph in folder.glob("*.onnx"):
+        if not graph.with_suffix(".json").exists():
+            graph.unlink(missing_ok=True)
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        if now - tmp.stat().st_mtime > STALE_TMP_S:
+            tmp.unlink(missing_ok=True)

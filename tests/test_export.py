@@ -273,3 +273,14 @@ def test_a_failed_gate_draws_the_failing_images_outside_the_export(
     assert {p.name for p in where.iterdir()} == shifted
     assert Image.open(where / sorted(shifted)[0]).width > 2 * canv.shape[3]
     assert not (tmp_path / "never").exists()
+
+
+def test_the_bf16_gate_takes_its_own_threshold_and_only_with_openvino(nano_run):
+    from click.testing import CliRunner
+
+    from digit_reader.export.cli import main
+
+    rule = exporter.ExportOptions(nano_run, bf16_min_agreement=0.7).rule("bf16")
+    assert rule.min_agreement == 0.7
+    result = CliRunner().invoke(main, [str(nano_run), "--bf16-min-agreement", "0.9"])
+    assert result.exit_code == 2 and "--bf16-min-agreement needs --openvino" in result.output

@@ -3,7 +3,10 @@ versions and code, only while its bytes are intact, and never where it is turned
 
 import json
 import os
+import time
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from digit_reader.export import graph_cache
@@ -27,6 +30,12 @@ def test_the_key_follows_everything_the_graph_depends_on():
     assert graph_key(base[0], 17, *base[2:]) != key
     assert graph_key(*base[:2], {"torch": "2.11.0", "onnx": "1.19"}, base[3]) != key
     assert graph_key(*base[:3], "d" * 64) != key
+
+
+def test_the_key_holds_every_library_that_writes_the_graph():
+    found = graph_cache.graph_versions()
+    assert {"torch", "torchvision", "onnx", "onnxscript", "onnx-ir", "python"} <= set(found)
+    assert all(isinstance(v, str) and v for v in found.values())
 
 
 def test_the_code_digest_changes_with_any_module_of_the_package(tmp_path, monkeypatch):
@@ -54,6 +63,14 @@ def test_a_hit_copies_the_entry_a_damaged_one_is_exported_again(tmp_path):
     assert (tmp_path / "four.onnx").read_bytes() == b"fresh"
 
 
+def test_an_entry_gone_behind_its_record_is_exported_again(tmp_path):
+    calls: list = []
+    exported(tmp_path, "k", tmp_path / "one.onnx", _writer(calls))
+    (tmp_path / "graphs" / "k.onnx").unlink()  # pruned by another export meanwhile
+    assert not exported(tmp_path, "k", tmp_path / "two.onnx", _writer(calls))
+    assert len(calls) == 2
+
+
 def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(graph_cache, "GRAPH_CACHE_ENTRIES", 2)
     for i, key in enumerate("abc"):
@@ -63,6 +80,29 @@ def test_only_the_newest_entries_are_kept(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "graphs").iterdir()) == [
         "c.json", "c.onnx", "d.json", "d.onnx"
     ]  # fmt: skip
+
+
+def test_graphs_without_a_record_and_stale_temporary_files_are_dropped(tmp_path):
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    (graphs / "orphan.onnx").write_bytes(b"killed before its record")
+    old, fresh = graphs / ".a.onnx.x.tmp", graphs / ".b.onnx.y.tmp"
+    old.write_bytes(b"")
+    fresh.write_bytes(b"")  # another export may be writing it now
+    os.utime(old, (time.time() - 2 * graph_cache.STALE_TMP_S,) * 2)
+    exported(tmp_path, "k", tmp_path / "k.onnx", _writer([]))
+    assert sorted(p.name for p in graphs.iterdir()) == [fresh.name, "k.json", "k.onnx"]
+
+
+def test_without_a_home_directory_the_cache_is_off(monkeypatch):
+    for name in (graph_cache.CACHE_ENV, "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert cache_root() is None
 
 
 def test_off_and_an_unwritable_cache_only_cost_the_reuse(tmp_path, monkeypatch):
@@ -79,6 +119,7 @@ def test_off_and_an_unwritable_cache_only_cost_the_reuse(tmp_path, monkeypatch):
     assert len(calls) == 2 and (tmp_path / "b.onnx").read_bytes() == b"graph"
 
 
+@pytest.mark.slow
 def test_a_second_export_of_the_run_reuses_model_onnx_byte_for_byte(
     export_dir, nano_run, graph_cache_dir, tmp_path
 ):
