@@ -23,7 +23,7 @@ lint: install
 test: lint
 	$(PY) -m pytest -q -ra --durations=15 || [ $$? -eq 5 ]
 
-# The whole pipeline on the embedded synthetic data, CPU only (about 14 minutes on 2 AVX2 cores):
+# The whole pipeline on the embedded synthetic data, CPU only (10 minutes on 2 AVX-512 cores, 14 on AVX2 ones):
 # data -> train (nano) -> export (ONNX fp32 + fp16 + int8 and OpenVINO IR, parity-gated) -> read
 # -> parity and latency of every form (ONNX Runtime and OpenVINO side by side).
 demo: install
