@@ -190,12 +190,7 @@ def main(
         return
     from digit_reader.export.exporter import ExportOptions, run
 
-    if not int8:
-        given = [p for p in INT8_ONLY if ctx.get_parameter_source(p).name != "DEFAULT"]
-        if given:
-            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --int8")
-    if not rest["openvino"] and ctx.get_parameter_source("bf16_min_agreement").name != "DEFAULT":
-        raise click.UsageError("--bf16-min-agreement needs --openvino")
+    _check_needs(ctx)
     opts = ExportOptions(
         source=source,
         out=out,
@@ -223,14 +218,27 @@ def format_triton(export_dir: Path, repo: Path, models: list[str]) -> str:
     return f"triton     {repo} ({', '.join(models)}; from {export_dir}, see {repo}/README.md)"
 
 
-INT8_ONLY = (
-    "calib_images",
-    "calib_method",
-    "calib_percentile",
-    "int8_parity_images",
-    "int8_min_agreement",
-    "int8_max_accuracy_drop",
-)
+# options that mean something only with a flag: given without it, a usage error
+NEEDS = {
+    "int8": (
+        "calib_images",
+        "calib_method",
+        "calib_percentile",
+        "int8_parity_images",
+        "int8_min_agreement",
+        "int8_max_accuracy_drop",
+    ),
+    "openvino": ("bf16_min_agreement",),
+}
+
+
+def _check_needs(ctx) -> None:
+    for flag, options in NEEDS.items():
+        if ctx.params[flag]:
+            continue
+        given = [p for p in options if ctx.get_parameter_source(p).name != "DEFAULT"]
+        if given:
+            raise click.UsageError(f"--{given[0].replace('_', '-')} needs --{flag}")
 
 
 def format_summary(s: dict) -> str:
