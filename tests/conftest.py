@@ -25,18 +25,12 @@ from PIL import Image
 def graph_cache_dir(tmp_path_factory) -> Path:
     """digit-export's graph cache for this session (never the user's): the first export of a
     checkpoint pays for torch.onnx.export, the session's later ones reuse its model.onnx."""
-    import os
-
     from digit_reader.export.graph_cache import CACHE_ENV
 
     root = tmp_path_factory.mktemp("graph-cache")
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(root)
-    yield root
-    if before is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")
