@@ -185,21 +185,30 @@ def test_stdout_is_the_csv_and_a_missing_openvino_is_one_line(export_dir, synth_
     )
 
 
-def _perturbed_convert(onnx_path: Path, xml_path: Path) -> None:
-    """The real conversion of the graph with its largest weight (the box head's fc6)
-    disturbed: a wrong form that loads."""
+def _convert_changed(onnx_path: Path, xml_path: Path, dtype: int, change) -> None:
+    """The real conversion of the graph with its largest initializer of `dtype` replaced by
+    change(array): a wrong form that loads."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(onnx_path))
-    weight = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
-    w = numpy_helper.to_array(weight)
-    noise = np.random.default_rng(0).normal(0, 0.5 * float(w.std()), w.shape).astype(w.dtype)
-    weight.CopyFrom(numpy_helper.from_array(w + noise, weight.name))
+    found = [t for t in model.graph.initializer if t.data_type == dtype]
+    weight = max(found, key=lambda t: np.prod(t.dims))
+    weight.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(weight)), weight.name))
     wrong = xml_path.with_name("wrong.onnx")
     onnx.save(model, str(wrong))
     openvino_ir_convert(wrong, xml_path)
     wrong.unlink()
+
+
+def _perturbed_convert(onnx_path: Path, xml_path: Path) -> None:
+    """The fp32 graph with its largest weight (the box head's fc6) disturbed by noise."""
+    import onnx
+
+    def noisy(w):
+        return w + np.random.default_rng(0).normal(0, 0.5 * float(w.std()), w.shape).astype(w.dtype)
+
+    _convert_changed(onnx_path, xml_path, onnx.TensorProto.FLOAT, noisy)
 
 
 openvino_ir_convert = openvino_ir.convert
@@ -217,22 +226,16 @@ def test_a_wrong_ir_fails_the_gate_and_writes_nothing(nano_run, export_dir, tmp_
 
 
 def _negated_int8_convert(onnx_path: Path, xml_path: Path) -> None:
-    """The real conversion, but of model.int8.onnx with its largest int8 weight negated: a
-    wrong int8 form that loads (the fp32 IR is converted as it is)."""
+    """model.int8.onnx with its largest int8 weight negated (the fp32 IR converted as it is)."""
     import onnx
-    from onnx import numpy_helper
 
     if onnx_path.name != "model.int8.onnx":
         return openvino_ir_convert(onnx_path, xml_path)
-    model = onnx.load(str(onnx_path))
-    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    weight = max(int8, key=lambda t: np.prod(t.dims))
-    w = numpy_helper.to_array(weight).astype(np.int16)
-    weight.CopyFrom(numpy_helper.from_array(np.clip(-w, -127, 127).astype(np.int8), weight.name))
-    wrong = xml_path.with_name("wrong.onnx")
-    onnx.save(model, str(wrong))
-    openvino_ir_convert(wrong, xml_path)
-    wrong.unlink()
+
+    def negated(w):
+        return np.clip(-w.astype(np.int16), -127, 127).astype(np.int8)
+
+    _convert_changed(onnx_path, xml_path, onnx.TensorProto.INT8, negated)
 
 
 @pytest.mark.skipif(not VNNI_HERE, reason="this CPU has no VNNI: OpenVINO int8 is not gated here")
