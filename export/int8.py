@@ -24,10 +24,9 @@ Recipe, each choice measured on this project's models:
 - calibration: max (the absolute maximum; MinMax; default) or percentile. A few outlier
   activations stretch max's ranges: on the demo's model the 99.99th percentile read 1 to 1.5
   points more images as eager, but its histograms are far slower at R101 (export/defaults.py).
-  Not entropy: through
-  quantize_static it silently equals max (ORT passes no bin options, leaving one candidate
-  threshold), and a real entropy pass clips post-Relu tensors, which cost the TensorRT file
-  1.5 points of held-out agreement on nano.
+  Not entropy: through quantize_static it silently equals max (ORT passes no bin options,
+  leaving one candidate threshold), and a real entropy pass clips post-Relu tensors, which cost
+  the TensorRT file 1.5 points of held-out agreement on nano.
 
 The calibration cache (model.int8.calib.json, beside the graph) holds ONNX Runtime's ranges and
 what they were computed from; a rebuild from it skips calibration and writes the same bytes.
